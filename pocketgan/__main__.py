@@ -1,0 +1,3 @@
+from pocketgan.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""The single `pocketgan` entry point.
+
+Sub-command groups are imported lazily, so `pocketgan registry ls` never pays for importing
+torch, and each area keeps its own CLI module next to its code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import click
+
+# command name -> (module path, attribute, one-line help shown in `pocketgan --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "s3": ("registry.local_s3", "s3_cli", "Start/stop a local SeaweedFS S3 server for development."),
+    "registry": ("registry.cli", "registry_cli", "Publish, inspect, verify, pull, promote and roll back artifacts."),
+    "macs": ("compression_jobs.cli", "macs_cli", "Count MACs and parameters of a generator architecture."),
+    "export": ("compression_jobs.cli", "export_cli", "Export a generator checkpoint to an ONNX artifact directory."),
+    "quantize": ("compression_jobs.cli", "quantize_cli", "INT8-quantize an ONNX artifact with calibration on real images."),
+    "profile": ("compression_jobs.cli", "profile_cli", "Measure latency on this machine and record it in the registry."),
+    "compress": ("compression_jobs.compress_cli", "compress_cli", "Compression jobs: train a teacher, distil, search, publish."),
+    "serve": ("service.cli", "serve_cli", "Run the BentoML translation service."),
+    "demo": ("pocketgan.demo", "demo_cli", "Run the whole flow end to end on the embedded default data."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name, (mod, _, _) in COMMANDS.items() if _available(mod))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        if not _available(module):
+            return None
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar="POCKETGAN_DEBUG", help="Show tracebacks on errors.")
+@click.version_option(package_name="pocketgan")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """pocketgan: compress image-to-image GANs, keep them in an S3 registry, serve them by latency budget."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; registry errors become one line on stderr and their documented exit code."""
+    from registry.errors import RegistryError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("POCKETGAN_DEBUG")
+    try:
+        cli.main(args=argv, prog_name="pocketgan", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except RegistryError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)

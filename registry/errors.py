@@ -1,0 +1,43 @@
+"""Registry errors. Each carries the CLI exit code it maps to, so every front end agrees."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base class: a one-line, user-facing message plus an exit code."""
+
+    exit_code: int = 1
+
+
+class InvalidInput(RegistryError):
+    """Bad usage, an invalid name, or a manifest that does not validate."""
+
+    exit_code = 2
+
+
+class Conflict(RegistryError):
+    """A compare-and-swap lost a race, or the operation contradicts the current state."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, current_revision: int | None = None) -> None:
+        super().__init__(message)
+        self.current_revision = current_revision
+
+
+class NotFound(RegistryError):
+    """The artifact, alias, bucket or file does not exist."""
+
+    exit_code = 4
+
+
+class IntegrityError(RegistryError):
+    """A file's bytes do not match the sha256 recorded in its manifest."""
+
+    exit_code = 5
+
+
+class RegistryUnreachable(RegistryError):
+    """The object store did not answer (down, wrong endpoint, network)."""
+
+    exit_code = 6
