@@ -1,0 +1,225 @@
+"""The one ONNX Runtime wrapper for generators, shared by the latency profiler and the service.
+
+Free of torch on purpose: the service image only needs onnxruntime, numpy and Pillow.
+
+Tensor convention: NCHW float32 in [-1, 1] (the pix2pix/CycleGAN ``Normalize(0.5, 0.5)``).
+Height and width must be divisible by the model's ``size_multiple`` (4 for ResNet-style
+generators with two stride-2 downsamplings, ``2**num_downs`` for U-Nets). The exporter records
+it in the ONNX metadata (``pocketgan.size_multiple``); without it we fall back to the
+manifest's family, then to probing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+from registry.errors import InvalidInput, NotFound
+
+META_SIZE_MULTIPLE = "pocketgan.size_multiple"
+META_FAMILY = "pocketgan.family"
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_FAMILY_MULTIPLE = {"resnet": 4, "mobile-resnet": 4, "supernet": 4}
+
+
+def cuda_usable() -> bool:
+    """True if the CUDA EP is installed AND a GPU device node exists (onnxruntime-gpu lists CUDA
+    even on machines without a GPU; creating a session there only logs errors and falls back)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def default_providers() -> list[str]:
+    return [CUDA, CPU] if cuda_usable() else [CPU]
+
+
+class OnnxGenerator:
+    """An ONNX image-to-image generator: session setup, shape checks, warm-up and a single `run`."""
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int = 1,
+        size_multiple: int | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise NotFound(f"ONNX model not found: {self.model_path}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = inter_op_threads
+        if intra_op_threads is not None:
+            opts.intra_op_num_threads = intra_op_threads
+        opts.log_severity_level = 3
+        self.intra_op_threads = intra_op_threads
+        requested = providers if providers is not None else default_providers()
+        unknown = [p for p in requested if p not in ort.get_available_providers()]
+        if unknown:
+            raise InvalidInput(f"execution provider(s) {unknown} not available; have {ort.get_available_providers()}")
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=requested)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            raise InvalidInput(f"{self.model_path}: cannot be loaded by onnxruntime: {str(exc).splitlines()[0]}") from exc
+        self.providers: list[str] = list(self.session.get_providers())
+        inp = self.session.get_inputs()[0]
+        out = self.session.get_outputs()[0]
+        self.input_name: str = inp.name
+        self.output_name: str = out.name
+        self.input_nc: int = _static(inp.shape, 1, default=3)
+        self.output_nc: int = _static(out.shape, 1, default=3)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.size_multiple: int = size_multiple or self._size_multiple_from_metadata() or self._probe_size_multiple()
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs the graph (first in the session's list)."""
+        return self.providers[0]
+
+    def _size_multiple_from_metadata(self) -> int | None:
+        if META_SIZE_MULTIPLE in self.metadata:
+            return int(self.metadata[META_SIZE_MULTIPLE])
+        manifest = self.model_path.with_name("manifest.json")
+        if manifest.is_file():
+            try:
+                family = json.loads(manifest.read_text()).get("architecture", {}).get("family")
+            except ValueError:
+                family = None
+            if family in _FAMILY_MULTIPLE:
+                return _FAMILY_MULTIPLE[family]
+        return None
+
+    def _probe_size_multiple(self) -> int:
+        """Smallest power-of-two side (>= 4) that runs and keeps its size: a safe, maybe conservative, multiple."""
+        for side in (4, 8, 16, 32, 64, 128, 256, 512):
+            try:
+                y = self.run(np.zeros((1, self.input_nc, side, side), np.float32), _check=False)
+            except Exception:  # noqa: BLE001 - too small for this network
+                continue
+            if y.shape[-2:] == (side, side):
+                return side
+        raise InvalidInput(f"{self.model_path}: could not find an input size the model accepts (tried up to 512)")
+
+    def run(self, batch: np.ndarray, *, _check: bool = True) -> np.ndarray:
+        """Translate an NCHW float32 batch in [-1, 1]; returns NCHW float32 in [-1, 1]."""
+        if _check:
+            self.check_input(batch)
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def check_input(self, batch: np.ndarray) -> None:
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            raise InvalidInput(f"expected an NCHW array, got {getattr(batch, 'shape', type(batch))}")
+        if batch.dtype != np.float32:
+            raise InvalidInput(f"expected float32 input, got {batch.dtype}")
+        _, c, h, w = batch.shape
+        if c != self.input_nc:
+            raise InvalidInput(f"model takes {self.input_nc} channels, got {c}")
+        m = self.size_multiple
+        if h % m or w % m or h == 0 or w == 0:
+            raise InvalidInput(f"height and width must be positive multiples of {m}, got {h}x{w}")
+
+    def warm_up(self, height: int, width: int, batch: int = 1, runs: int = 2) -> None:
+        """Run a few times so allocations and kernel selection are done before real traffic."""
+        x = np.zeros((batch, self.input_nc, height, width), np.float32)
+        for _ in range(max(1, runs)):
+            self.run(x)
+
+    def translate(self, img: Image.Image, *, max_side: int | None = None) -> Image.Image:
+        """PIL in, PIL out (same size as the input), using the helpers below."""
+        x, size = image_to_tensor(img, size_multiple=self.size_multiple, max_side=max_side)
+        return tensor_to_image(self.run(x), size=size)
+
+
+def _static(shape: Sequence[object], axis: int, default: int) -> int:
+    dim = shape[axis] if len(shape) > axis else None
+    return dim if isinstance(dim, int) and dim > 0 else default
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB.
+
+    - EXIF orientation is applied first (phone photos come out upright).
+    - Transparency (RGBA, LA, PA, P with a transparency key) is composited onto white.
+    - L / 1 / P / CMYK / YCbCr / HSV / LAB: Pillow's own conversion to RGB.
+    - 16/32-bit integer (I;16*, I) and float (F) greyscale: scaled to 0..255 (I;16 by 1/257,
+      I by 1/257 when its values fit in 16 bits else by its own maximum, F in [0, 1] by 255
+      else clipped to 0..255), then replicated to RGB.
+    """
+    img = ImageOps.exif_transpose(img) or img
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            scaled = arr * 255.0 if arr.size and np.nanmax(arr) <= 1.0 else arr
+        elif mode.startswith("I;16") or (arr.size and arr.max() <= 65535):
+            scaled = arr / 257.0
+        else:
+            scaled = arr / max(float(arr.max()), 1.0) * 255.0
+        grey = np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def target_size(width: int, height: int, size_multiple: int, max_side: int | None = None) -> tuple[int, int]:
+    """Resize policy: optionally shrink so the longer side <= max_side (keeping aspect ratio), then
+    round each side to the nearest multiple of `size_multiple` (at least one multiple)."""
+    if width <= 0 or height <= 0:
+        raise InvalidInput(f"empty image ({width}x{height})")
+    w, h = float(width), float(height)
+    if max_side is not None and max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        w, h = w * scale, h * scale
+    m = size_multiple
+    return max(m, int(round(w / m)) * m), max(m, int(round(h / m)) * m)
+
+
+def image_to_tensor(
+    img: Image.Image, *, size_multiple: int, max_side: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """PIL image -> (1x3xHxW float32 in [-1, 1], original (width, height) after EXIF orientation).
+
+    The image is converted with :func:`to_rgb` and resized (bicubic) to :func:`target_size`, so
+    H and W are multiples of the model's `size_multiple`; :func:`tensor_to_image` resizes back.
+    """
+    rgb = to_rgb(img)
+    original = rgb.size
+    size = target_size(*original, size_multiple=size_multiple, max_side=max_side)
+    if size != original:
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+    arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None]), original
+
+
+def tensor_to_image(arr: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
+    """(1x)CxHxW in [-1, 1] -> PIL (RGB for 3 channels, L for 1), clipped, resized (bicubic) to `size`=(W, H)."""
+    a = np.asarray(arr)
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise InvalidInput(f"tensor_to_image takes one image, got a batch of {a.shape[0]}")
+        a = a[0]
+    if a.ndim != 3 or a.shape[0] not in (1, 3):
+        raise InvalidInput(f"expected a 1x3xHxW or 1x1xHxW array, got shape {np.asarray(arr).shape}")
+    pixels = ((np.clip(np.nan_to_num(a.astype(np.float32)), -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
+    img = Image.fromarray(pixels[0], mode="L") if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB")
+    if size is not None and tuple(size) != img.size:
+        img = img.resize(tuple(size), Image.Resampling.BICUBIC)
+    return img
