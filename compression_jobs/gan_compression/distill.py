@@ -1,0 +1,155 @@
+"""GAN Compression's distillation objective and the training loop shared by three stages.
+
+- ``distill``: train the largest student (the supernet at its max config) from the teacher.
+- ``train-supernet``: once-for-all training; each step samples a channel config and only
+  that slice of the shared weights receives gradient.
+- ``finetune``: an extracted sub-network trained a few more steps with the same objective.
+
+Objective (Li et al., 2020), unified for paired and unpaired data: the teacher's output is the
+target (pseudo-pair); L_recon = |G_s(x) - G_t(x)|_1, L_distill = Σ_k ‖f_k(S_k) - T_k‖² over
+intermediate features with learnable 1x1 mappers f_k, L_gan with a discriminator initialised
+from the teacher's, and with paired data an extra L1 to the ground truth.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from compression_jobs.data import ImageSet, TrainStream
+from compression_jobs.gan_compression.common import progress
+from compression_jobs.gan_compression.config import DistillConfig
+from compression_jobs.losses import FeatureMapper, FeatureTap, GANLoss, default_distill_layers
+from compression_jobs.models.mobile import ChannelConfig
+
+
+@dataclass
+class DistillParts:
+    """The trainable pieces that persist between stages (saved/loaded as state dicts)."""
+
+    student: nn.Module
+    mapper: FeatureMapper | None
+    discriminator: nn.Module
+    teacher_layers: list[str]
+    student_layers: list[str]
+
+
+def feature_channels(model: nn.Module, layers: list[str], x: torch.Tensor, **kw) -> list[int]:
+    """Channels of each tapped layer, found by one no-grad forward pass."""
+    tap = FeatureTap(model, layers)
+    try:
+        with torch.no_grad():
+            model(x, **kw) if kw else model(x)
+        return [f.shape[1] for f in tap.features()]
+    finally:
+        tap.close()
+
+
+def make_mapper(teacher: nn.Module, student: nn.Module, n_layers: int, sample: torch.Tensor) -> tuple[FeatureMapper | None, list[str], list[str]]:
+    """Pick evenly spaced residual blocks in both nets and build the 1x1 mappers between them."""
+    t_layers = default_distill_layers(teacher, n_layers) if n_layers else []
+    s_layers = default_distill_layers(student, n_layers) if n_layers else []
+    n = min(len(t_layers), len(s_layers))
+    if n == 0:
+        return None, [], []
+    t_layers, s_layers = t_layers[:n], s_layers[:n]
+    kw = {}
+    if hasattr(student, "space"):
+        kw = {"config": student.space.largest()}
+    mapper = FeatureMapper(feature_channels(student, s_layers, sample, **kw), feature_channels(teacher, t_layers, sample))
+    return mapper, t_layers, s_layers
+
+
+def _cond(x: torch.Tensor, y: torch.Tensor, conditional: bool) -> torch.Tensor:
+    return torch.cat([x, y], 1) if conditional else y
+
+
+ConfigSampler = Callable[[int], ChannelConfig | None]
+
+
+def train_distill(
+    *,
+    teacher: nn.Module,
+    parts: DistillParts,
+    train: ImageSet,
+    cfg: DistillConfig,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    conditional_d: bool,
+    sample_config: ConfigSampler | None = None,
+    desc: str = "distill",
+) -> dict[str, float]:
+    """Run `steps` distillation steps in place on `parts`; returns the last step's losses.
+
+    `sample_config(step)` picks the sub-network for a supernet student (None: use it as is).
+    """
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student, D, mapper = parts.student, parts.discriminator, parts.mapper
+    student.train(), D.train()
+    g_params = list(student.parameters()) + (list(mapper.parameters()) if mapper is not None else [])
+    opt_g = torch.optim.Adam(g_params, lr=lr, betas=(cfg.beta1, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=(cfg.beta1, 0.999))
+    gan = GANLoss(cfg.gan_mode)
+    recon = F.l1_loss if cfg.recon_loss == "l1" else F.mse_loss
+    stream = TrainStream(train, batch_size, seed)
+    tap_t = FeatureTap(teacher, parts.teacher_layers) if mapper is not None else None
+    tap_s = FeatureTap(student, parts.student_layers) if mapper is not None else None
+    log: dict[str, float] = {}
+    try:
+        for step in progress(range(steps), steps, desc):
+            x, gt = stream.batch(step)
+            with torch.no_grad():
+                t_out = teacher(x)
+            config = sample_config(step) if sample_config is not None else None
+            s_out = student(x, config) if config is not None else student(x)
+            # discriminator: teacher output is "real", student output "fake"
+            opt_d.zero_grad(set_to_none=True)
+            loss_d = 0.5 * (
+                gan(D(_cond(x, t_out, conditional_d)), True) + gan(D(_cond(x, s_out.detach(), conditional_d)), False)
+            )
+            loss_d.backward()
+            opt_d.step()
+            # student
+            opt_g.zero_grad(set_to_none=True)
+            loss_gan = gan(D(_cond(x, s_out, conditional_d)), True, for_discriminator=False)
+            loss_recon = recon(s_out, t_out)
+            total = cfg.lambda_gan * loss_gan + cfg.lambda_recon * loss_recon
+            loss_distill = torch.zeros(())
+            if mapper is not None:
+                loss_distill = mapper(tap_s.features(), tap_t.features())
+                total = total + cfg.lambda_distill * loss_distill
+            loss_gt = torch.zeros(())
+            if gt is not None and train.paired and cfg.lambda_gt > 0:
+                loss_gt = F.l1_loss(s_out, gt)
+                total = total + cfg.lambda_gt * loss_gt
+            total.backward()
+            opt_g.step()
+            log = {"loss_d": loss_d.item(), "loss_gan": loss_gan.item(), "loss_recon": loss_recon.item(),
+                   "loss_distill": loss_distill.item(), "loss_gt": loss_gt.item()}
+    finally:
+        for tap in (tap_t, tap_s):
+            if tap is not None:
+                tap.close()
+    return log
+
+
+def supernet_sampler(space, seed: int, sandwich: bool = False) -> ConfigSampler:
+    """Config for step k depends only on (seed, k): uniform sampling, or with `sandwich` the
+    largest / smallest / random configs in turn."""
+    def sample(step: int) -> ChannelConfig:
+        if sandwich and step % 3 == 0:
+            return space.largest()
+        if sandwich and step % 3 == 1:
+            return space.smallest()
+        return space.sample(random.Random(seed * 1_000_003 + step))
+
+    return sample

@@ -1,0 +1,444 @@
+"""GAN Compression as resumable stages: teacher → distill → supernet → search → finetune → export → publish.
+
+Each stage reads earlier stages' outputs from the run directory, writes its own outputs into a
+temporary folder that is renamed to ``RUN_DIR/<stage>/`` only when the stage succeeds, and is
+then recorded in ``RUN_DIR/state.json``. So an interrupted or failed stage leaves earlier
+outputs intact, and ``--resume`` continues with the first stage that has not completed.
+
+Every stage re-seeds from (seed, stage) and reloads its inputs from disk, so a resumed run
+computes exactly what an uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from compression_jobs.data import ImageSet
+from compression_jobs.gan_compression.common import counter_bar, load_state, progress, save_state, seed_everything
+from compression_jobs.gan_compression.config import JobConfig
+from compression_jobs.gan_compression.distill import DistillParts, make_mapper, supernet_sampler, train_distill
+from compression_jobs.gan_compression.evaluate import fid_kid, fidelity, outputs
+from compression_jobs.gan_compression.search import LatencyModel, evolutionary_search, macs_at
+from compression_jobs.models.mobile import ChannelConfig, MobileResnetGenerator
+from compression_jobs.models.supernet import SuperMobileResnetGenerator, supernet as build_supernet
+from compression_jobs.teacher import D_NAME, G_NAME, build_discriminator, load_teacher, train_teacher
+
+STAGES: tuple[str, ...] = ("train-teacher", "distill", "train-supernet", "search", "finetune", "export", "publish")
+STATE_FILE = "state.json"
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; earlier stages' outputs are kept and `--resume` retries from this stage."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        super().__init__(f"stage {stage!r} failed: {type(cause).__name__}: {cause}")
+        self.stage = stage
+        self.cause = cause
+
+
+@dataclass
+class Context:
+    job: JobConfig
+    run_dir: Path
+    inception_weights: Path | None = None
+    registry: object | None = None  # registry.client.Registry; None → Registry.from_env() at publish
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    def require(self, stage: str) -> Path:
+        d = self.stage_dir(stage)
+        if stage not in completed_stages(self.run_dir):
+            raise RuntimeError(f"needs stage {stage!r} to have completed in {self.run_dir}; run it first")
+        return d
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def config_digest(job: JobConfig) -> str:
+    return hashlib.sha256(job.model_dump_json().encode()).hexdigest()[:16]
+
+
+def read_state(run_dir: Path) -> dict:
+    p = run_dir / STATE_FILE
+    return json.loads(p.read_text()) if p.is_file() else {"completed": {}}
+
+
+def completed_stages(run_dir: Path) -> list[str]:
+    return [s for s in STAGES if s in read_state(run_dir).get("completed", {})]
+
+
+def _write_state(run_dir: Path, state: dict) -> None:
+    tmp = run_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(run_dir / STATE_FILE)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _teacher(ctx: Context) -> torch.nn.Module:
+    d = ctx.require("train-teacher")
+    return load_teacher(ctx.job.teacher, d / G_NAME, ctx.job.data.input_nc, ctx.job.data.output_nc)
+
+
+def _new_supernet(job: JobConfig) -> SuperMobileResnetGenerator:
+    kw = {"multipliers": job.student.channel_choices} if job.student.channel_choices else {}
+    return build_supernet(ngf=job.student.ngf, n_blocks=job.student.n_blocks,
+                          input_nc=job.data.input_nc, output_nc=job.data.output_nc, **kw)
+
+
+def _discriminator(job: JobConfig, paired: bool) -> torch.nn.Module:
+    nc = job.data.input_nc + job.data.output_nc if paired else job.data.output_nc
+    return build_discriminator(job.teacher, nc)
+
+
+def _parts(ctx: Context, student: torch.nn.Module, teacher: torch.nn.Module, train: ImageSet,
+           from_stage: str | None, widths_from: torch.nn.Module | None = None) -> DistillParts:
+    """Student + 1x1 mappers + discriminator; D initialised from the teacher's (or an earlier stage's).
+
+    Mappers are sized for the supernet's largest widths (`widths_from`, default the student), so
+    an extracted sub-network reuses them through input-column slicing.
+    """
+    job = ctx.job
+    sample = train.source[:1, :, : job.data.crop_size, : job.data.crop_size]
+    mapper, t_layers, s_layers = make_mapper(teacher, widths_from or student, job.distill.distill_layers, sample)
+    D = _discriminator(job, train.paired)
+    if from_stage is not None:
+        d = ctx.stage_dir(from_stage)
+        if mapper is not None:
+            mapper.load_state_dict(load_state(d / "mapper.pth"))
+        D.load_state_dict(load_state(d / "net_D.pth"))
+    else:
+        d_path = ctx.stage_dir("train-teacher") / D_NAME
+        if d_path.is_file():
+            D.load_state_dict(load_state(d_path))
+    return DistillParts(student, mapper, D, t_layers, s_layers)
+
+
+def _save_parts(parts: DistillParts, out: Path, student_name: str) -> None:
+    save_state(parts.student, out / student_name)
+    save_state(parts.discriminator, out / "net_D.pth")
+    if parts.mapper is not None:
+        save_state(parts.mapper, out / "mapper.pth")
+
+
+def _held_out(ctx: Context) -> tuple[ImageSet, torch.Tensor, torch.nn.Module]:
+    test = ImageSet(ctx.job.data, "test")
+    teacher = _teacher(ctx)
+    return test, outputs(teacher, test, ctx.job.eval_batch_size), teacher
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_train_teacher(ctx: Context, out: Path) -> dict:
+    job = ctx.job
+    if job.teacher.checkpoint:
+        src = Path(job.teacher.checkpoint).expanduser()
+        load_teacher(job.teacher, src, job.data.input_nc, job.data.output_nc)  # validates shape/keys
+        shutil.copyfile(src, out / G_NAME)
+        if job.teacher.discriminator:
+            shutil.copyfile(Path(job.teacher.discriminator).expanduser(), out / D_NAME)
+        info = {"mode": "given", "checkpoint": str(src)}
+    else:
+        info = train_teacher(job, out)
+    test = ImageSet(job.data, "test")
+    teacher = load_teacher(job.teacher, out / G_NAME, job.data.input_nc, job.data.output_nc)
+    info["quality"] = fidelity(teacher, test, None, job.eval_batch_size)
+    return info
+
+
+def stage_distill(ctx: Context, out: Path) -> dict:
+    job = ctx.job
+    teacher = _teacher(ctx)
+    train = ImageSet(job.data, "train")
+    sn = _new_supernet(job)
+    parts = _parts(ctx, sn, teacher, train, None)
+    largest = sn.space.largest()
+    log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.distill.steps,
+                        lr=job.distill.lr, batch_size=job.distill.batch_size, seed=job.seed,
+                        conditional_d=train.paired, sample_config=lambda _k: largest, desc="distill (largest student)")
+    _save_parts(parts, out, "supernet.pth")
+    return {"losses": log, "max_config": str(largest)}
+
+
+def stage_train_supernet(ctx: Context, out: Path) -> dict:
+    job = ctx.job
+    teacher = _teacher(ctx)
+    train = ImageSet(job.data, "train")
+    sn = _new_supernet(job)
+    sn.load_state_dict(load_state(ctx.require("distill") / "supernet.pth"))
+    parts = _parts(ctx, sn, teacher, train, "distill")
+    log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.supernet.steps,
+                        lr=job.supernet.lr, batch_size=job.distill.batch_size, seed=job.seed + 1,
+                        conditional_d=train.paired,
+                        sample_config=supernet_sampler(sn.space, job.seed, job.supernet.sandwich),
+                        desc="train-supernet (once-for-all)")
+    _save_parts(parts, out, "supernet.pth")
+    return {"losses": log, "space_size": sn.space.size}
+
+
+MACS_RESOLUTION = 256
+"""Budgets and search MACs are per image at 256x256, the manifests' reference resolution."""
+
+
+def _teacher_macs(ctx: Context, teacher: torch.nn.Module) -> int:
+    return macs_at(teacher, MACS_RESOLUTION)
+
+
+def _fit_latency(ctx: Context, sn: SuperMobileResnetGenerator, out: Path) -> LatencyModel:
+    """Export a few configs spread over the space, measure them here, fit ms ≈ a + b·MACs."""
+    from compression_jobs.hardware import detect_hardware_tag
+
+    s = ctx.job.search
+    here = detect_hardware_tag()
+    tag = s.hardware_tag or here
+    if tag != here:
+        raise ValueError(f"latency budget is for hardware tag {tag!r} but this machine is {here!r}; "
+                         f"run the search there (latency is measured, not guessed)")
+    space = sn.space
+    rng = __import__("random").Random(ctx.job.seed)
+    configs = [space.smallest(), space.largest()]
+    while len(configs) < min(s.latency_points, space.size):
+        c = space.sample(rng)
+        if c not in configs:
+            configs.append(c)
+    points = []
+    for cfg in progress(configs, len(configs), "latency points"):
+        student = sn.extract(cfg).eval()
+        ms = _measure(ctx, student, out / "latency" / str(cfg))
+        points.append((macs_at(student, MACS_RESOLUTION), ms))
+    return LatencyModel.fit(points, tag)
+
+
+def _measure(ctx: Context, model: torch.nn.Module, folder: Path) -> float:
+    """p50 latency (ms) of the exported ONNX graph at the export resolution on this machine."""
+    from compression_jobs.export import export_onnx
+    from compression_jobs.profiling import profile_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    export_onnx(model, path, resolution=ctx.job.export.resolution, opset=ctx.job.export.opset)
+    r = ctx.job.export.resolution
+    prof = profile_model(path, resolutions=[(r, r)], runs=ctx.job.export.profile_runs,
+                         threads=ctx.job.export.profile_threads)
+    return float(prof.nearest(r, r).p50_ms)
+
+
+def stage_search(ctx: Context, out: Path) -> dict:
+    job, s = ctx.job, ctx.job.search
+    test, teacher_out, teacher = _held_out(ctx)
+    sn = _new_supernet(job)
+    sn.load_state_dict(load_state(ctx.require("train-supernet") / "supernet.pth"))
+    sn.eval()
+    teacher_macs = _teacher_macs(ctx, teacher)
+    budget_macs = int(s.macs_budget) if s.macs_budget is not None else (
+        int(s.macs_budget_ratio * teacher_macs) if s.macs_budget_ratio is not None else None)
+    latency = _fit_latency(ctx, sn, out) if s.latency_budget_ms is not None else None
+    with counter_bar("search (sub-networks scored)") as bar:
+        result = evolutionary_search(
+            sn, test, teacher_out, resolution=MACS_RESOLUTION, budget_macs=budget_macs, latency=latency,
+            budget_latency_ms=s.latency_budget_ms, population=s.population, generations=s.generations,
+            parents=s.parents, mutate_prob=s.mutate_prob, metric=s.metric, max_publish=s.max_publish,
+            seed=job.seed, batch_size=job.eval_batch_size, progress_cb=bar.update,
+        )
+    data = result.to_json()
+    data["teacher_macs"] = teacher_macs
+    data["macs_resolution"] = MACS_RESOLUTION
+    (out / "search.json").write_text(json.dumps(data, indent=2))
+    return {"chosen": result.chosen, "pareto": result.pareto, "budget_macs": budget_macs,
+            "budget_latency_ms": s.latency_budget_ms, "evaluated": len(result.evaluated)}
+
+
+def _chosen(ctx: Context) -> list[str]:
+    return json.loads((ctx.require("search") / "search.json").read_text())["chosen"]
+
+
+def stage_finetune(ctx: Context, out: Path) -> dict:
+    job = ctx.job
+    teacher = _teacher(ctx)
+    train = ImageSet(job.data, "train")
+    sn = _new_supernet(job)
+    sn.load_state_dict(load_state(ctx.require("train-supernet") / "supernet.pth"))
+    results = {}
+    for i, cfg in enumerate(_chosen(ctx)):
+        seed_everything(job.seed * 100 + 50 + i, job.deterministic)
+        student = sn.extract(cfg)
+        parts = _parts(ctx, student, teacher, train, "train-supernet", widths_from=sn)
+        log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.finetune.steps,
+                            lr=job.finetune.lr, batch_size=job.distill.batch_size, seed=job.seed + 2 + i,
+                            conditional_d=train.paired, desc=f"finetune {cfg}")
+        save_state(student, out / cfg / "net_G.pth")
+        results[cfg] = log
+    return {"finetuned": list(results), "losses": results}
+
+
+def _student(job: JobConfig, cfg: str, path: Path) -> MobileResnetGenerator:
+    net = MobileResnetGenerator(ChannelConfig.parse(cfg), n_blocks=job.student.n_blocks,
+                                input_nc=job.data.input_nc, output_nc=job.data.output_nc)
+    net.load_state_dict(load_state(path))
+    return net.eval()
+
+
+def _quality(ctx: Context, model: torch.nn.Module, test: ImageSet, teacher_out: torch.Tensor | None):
+    from registry.manifest import Quality
+
+    job = ctx.job
+    m = fidelity(model, test, teacher_out, job.eval_batch_size)
+    q = Quality(dataset=job.data.dataset_name, split=job.data.test_split, n_images=len(test),
+                resolution=job.data.crop_size, **m)
+    if teacher_out is None:
+        q.notes.append("this is the teacher: fidelity to the teacher is by definition perfect and not reported")
+    weights = ctx.inception_weights or (Path(job.inception_weights) if job.inception_weights else None)
+    if weights is not None and test.target is not None:
+        fk = fid_kid(weights, outputs(model, test, job.eval_batch_size), test.target, job.eval_batch_size)
+        q.fid, q.kid = fk["fid"], fk["kid"]
+        q.notes.append(f"FID/KID against {len(test)} held-out real target images with {Path(weights).name} "
+                       f"(tiny sets: indicative only)")
+    else:
+        q.notes.append("FID/KID not computed: no --inception-weights given")
+    q.notes.append(f"PSNR/SSIM on the held-out split at {job.data.crop_size}x{job.data.crop_size}, "
+                   f"images in [0,1]; SSIM gaussian window 11, sigma 1.5")
+    return q
+
+
+def stage_export(ctx: Context, out: Path) -> dict:
+    """ONNX export (with parity check), quality metrics and a latency profile for teacher and students."""
+    from compression_jobs.export import export_artifact
+    from compression_jobs.profiling import profile_model
+    from registry.artifact import write_manifest
+
+    job = ctx.job
+    test, teacher_out, teacher = _held_out(ctx)
+    job_info = {"name": job.name, "config_digest": config_digest(job), "seed": job.seed}
+    r = job.export.resolution
+    exported = {}
+
+    def one(model: torch.nn.Module, folder: Path, method: str, parent: str | None, quality, extra: dict) -> str:
+        manifest = export_artifact(model, folder, task=job.task, method=method, parent=parent, quality=quality,
+                                   job={**job_info, **extra}, opset=job.export.opset, resolution=r)
+        if job.export.profile:
+            prof = profile_model(folder / manifest.model_file, resolutions=[(r, r)], runs=job.export.profile_runs,
+                                 threads=job.export.profile_threads)
+            manifest = manifest.with_profile(prof)
+            write_manifest(folder, manifest)
+        return manifest.artifact_id
+
+    teacher_id = one(teacher, out / "teacher", "teacher", None, _quality(ctx, teacher, test, None),
+                     {"role": "teacher"})
+    exported["teacher"] = teacher_id
+    ft = ctx.require("finetune")
+    for cfg in progress(_chosen(ctx), len(_chosen(ctx)), "export + profile"):
+        student = _student(job, cfg, ft / cfg / "net_G.pth")
+        exported[cfg] = one(student, out / cfg, "gan-compression", teacher_id,
+                            _quality(ctx, student, test, teacher_out), {"role": "student", "channel_config": cfg})
+    return {"artifacts": exported}
+
+
+def stage_publish(ctx: Context, out: Path) -> dict:
+    from registry.artifact import read_artifact_dir
+
+    job = ctx.job
+    exp = ctx.require("export")
+    if not job.publish.enabled:
+        return {"published": [], "note": "publishing disabled in config"}
+    registry = ctx.registry
+    if registry is None:
+        from registry.client import Registry
+
+        registry = Registry.from_env()
+    folders = ([exp / "teacher"] if job.publish.publish_teacher else []) + [exp / c for c in _chosen(ctx)]
+    published = []
+    for folder in folders:
+        manifest = read_artifact_dir(folder)
+        res = registry.publish_dir(folder)
+        for prof in manifest.profiles:
+            registry.add_profile(job.task, manifest.artifact_id, prof)
+        published.append({"folder": folder.name, "artifact_id": res.manifest.artifact_id,
+                          "created": bool(res.created), "method": manifest.method})
+    (out / "published.json").write_text(json.dumps(published, indent=2))
+    return {"published": published}
+
+
+STAGE_FUNCS: dict[str, Callable[[Context, Path], dict]] = {
+    "train-teacher": stage_train_teacher,
+    "distill": stage_distill,
+    "train-supernet": stage_train_supernet,
+    "search": stage_search,
+    "finetune": stage_finetune,
+    "export": stage_export,
+    "publish": stage_publish,
+}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_stage(ctx: Context, stage: str) -> dict:
+    """Run one stage into a temp folder; on success move it into place and record it in state.json."""
+    if stage not in STAGE_FUNCS:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    state = read_state(ctx.run_dir)
+    digest = config_digest(ctx.job)
+    if state.get("config_digest") not in (None, digest):
+        raise RuntimeError(f"{ctx.run_dir} was made with a different config ({state['config_digest']} != {digest}); "
+                           f"use a new run dir")
+    (ctx.run_dir / "config.yaml").write_text(yaml.safe_dump(ctx.job.model_dump(mode="json"), sort_keys=False))
+    if ctx.job.threads:
+        torch.set_num_threads(ctx.job.threads)
+    seed_everything(ctx.job.seed * 100 + STAGES.index(stage), ctx.job.deterministic)
+    tmp = ctx.run_dir / f".{stage}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.time()
+    try:
+        info = STAGE_FUNCS[stage](ctx, tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (KeyboardInterrupt, StageFailed)):
+            raise
+        raise StageFailed(stage, exc) from exc
+    final = ctx.stage_dir(stage)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.replace(final)
+    # later stages depend on this one: they are no longer valid
+    later = STAGES[STAGES.index(stage) + 1 :]
+    state = read_state(ctx.run_dir)
+    state["config_digest"] = digest
+    state.setdefault("completed", {})
+    for s in later:
+        state["completed"].pop(s, None)
+    state["completed"][stage] = {"seconds": round(time.time() - started, 2), "info": info}
+    _write_state(ctx.run_dir, state)
+    return info
+
+
+def run_pipeline(ctx: Context, *, resume: bool = False, until: str | None = None,
+                 stages: tuple[str, ...] = STAGES, echo: Callable[[str], None] = lambda _m: None) -> dict:
+    """Run the stages in order (skipping completed ones with `resume`), stopping after `until`."""
+    done = set(completed_stages(ctx.run_dir)) if resume else set()
+    if not resume and completed_stages(ctx.run_dir):
+        raise RuntimeError(f"{ctx.run_dir} already has completed stages {completed_stages(ctx.run_dir)}; "
+                           f"pass --resume to continue or use a new run dir")
+    results = {}
+    for stage in stages:
+        if stage in done:
+            echo(f"[skip] {stage} (completed)")
+        else:
+            echo(f"[run ] {stage}")
+            results[stage] = run_stage(ctx, stage)
+        if stage == until:
+            break
+    return results
