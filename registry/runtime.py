@@ -223,3 +223,60 @@ def tensor_to_image(arr: np.ndarray, size: tuple[int, int] | None = None) -> Ima
     if size is not None and tuple(size) != img.size:
         img = img.resize(tuple(size), Image.Resampling.BICUBIC)
     return img
+
+
+# --- hardware tags (here, not in compression_jobs, so the service can tag itself too) ---
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cuda_compute_capability() -> str | None:
+    """e.g. '90' for an H100, from nvidia-smi (torch-free); None when it cannot be asked."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0].strip().replace(".", "") if out and out[0].strip() else None
+
+
+def detect_hardware_tag(provider: str | None = None) -> str:
+    """The registry tag for where inference runs here.
+
+    CUDA EP (requested, or chosen by default because it really works): ``cuda-sm<cc>`` (``cuda``
+    when the compute capability cannot be read). CPU: ``cpu-x86_64-avx512`` (avx512f flag),
+    ``cpu-x86_64-avx2``, ``cpu-x86_64``, ``cpu-arm64`` (aarch64/arm64), else ``cpu-<machine>``.
+    Devices that cannot be detected (a phone farm, a Jetson) pass their own tag instead.
+    """
+    import platform
+    import re as _re
+
+    use_cuda = provider == CUDA or (provider is None and cuda_usable())
+    if use_cuda:
+        cc = cuda_compute_capability()
+        return f"cuda-sm{cc}" if cc else "cuda"
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        flags = _cpu_flags()
+        if "avx512f" in flags:
+            return "cpu-x86_64-avx512"
+        if "avx2" in flags:
+            return "cpu-x86_64-avx2"
+        return "cpu-x86_64"
+    if machine in ("aarch64", "arm64"):
+        return "cpu-arm64"
+    return "cpu-" + (_re.sub(r"[^a-z0-9._-]", "-", machine) or "unknown")
