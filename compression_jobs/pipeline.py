@@ -168,7 +168,8 @@ def stage_distill(ctx: Context, out: Path) -> dict:
     largest = sn.space.largest()
     log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.distill.steps,
                         lr=job.distill.lr, batch_size=job.distill.batch_size, seed=job.seed,
-                        conditional_d=train.paired, sample_config=lambda _k: largest, desc="distill (largest student)")
+                        conditional_d=train.paired, sample_config=lambda _k: largest, desc="distill (largest student)",
+                        device=job.device)
     _save_parts(parts, out, "supernet.pth")
     return {"losses": log, "max_config": str(largest)}
 
@@ -184,7 +185,7 @@ def stage_train_supernet(ctx: Context, out: Path) -> dict:
                         lr=job.supernet.lr, batch_size=job.distill.batch_size, seed=job.seed + 1,
                         conditional_d=train.paired,
                         sample_config=supernet_sampler(sn.space, job.seed, job.supernet.sandwich),
-                        desc="train-supernet (once-for-all)")
+                        desc="train-supernet (once-for-all)", device=job.device)
     _save_parts(parts, out, "supernet.pth")
     return {"losses": log, "space_size": sn.space.size}
 
@@ -197,12 +198,17 @@ def _teacher_macs(ctx: Context, teacher: torch.nn.Module) -> int:
     return macs_at(teacher, MACS_RESOLUTION)
 
 
+def _provider(job: JobConfig) -> str | None:
+    """Profile on CPU for CPU jobs; otherwise let the runtime pick (CUDA when it really works)."""
+    return "CPUExecutionProvider" if job.device == "cpu" else None
+
+
 def _fit_latency(ctx: Context, sn: SuperMobileResnetGenerator, out: Path) -> LatencyModel:
     """Export a few configs spread over the space, measure them here, fit ms ≈ a + b·MACs."""
-    from compression_jobs.hardware import detect_hardware_tag
+    from compression_jobs.hardware import resolve_hardware_tag
 
     s = ctx.job.search
-    here = detect_hardware_tag()
+    here = resolve_hardware_tag(None, _provider(ctx.job))
     tag = s.hardware_tag or here
     if tag != here:
         raise ValueError(f"latency budget is for hardware tag {tag!r} but this machine is {here!r}; "
@@ -232,7 +238,7 @@ def _measure(ctx: Context, model: torch.nn.Module, folder: Path) -> float:
     export_onnx(model, path, resolution=ctx.job.export.resolution, opset=ctx.job.export.opset)
     r = ctx.job.export.resolution
     prof = profile_model(path, resolutions=[(r, r)], runs=ctx.job.export.profile_runs,
-                         threads=ctx.job.export.profile_threads)
+                         threads=ctx.job.export.profile_threads, provider=_provider(ctx.job), progress=False)
     return float(prof.nearest(r, r).p50_ms)
 
 
@@ -251,7 +257,7 @@ def stage_search(ctx: Context, out: Path) -> dict:
             sn, test, teacher_out, resolution=MACS_RESOLUTION, budget_macs=budget_macs, latency=latency,
             budget_latency_ms=s.latency_budget_ms, population=s.population, generations=s.generations,
             parents=s.parents, mutate_prob=s.mutate_prob, metric=s.metric, max_publish=s.max_publish,
-            seed=job.seed, batch_size=job.eval_batch_size, progress_cb=bar.update,
+            seed=job.seed, batch_size=job.eval_batch_size, progress_cb=bar.update, device=job.device,
         )
     data = result.to_json()
     data["teacher_macs"] = teacher_macs
@@ -278,7 +284,7 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
         parts = _parts(ctx, student, teacher, train, "train-supernet", widths_from=sn)
         log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.finetune.steps,
                             lr=job.finetune.lr, batch_size=job.distill.batch_size, seed=job.seed + 2 + i,
-                            conditional_d=train.paired, desc=f"finetune {cfg}")
+                            conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device)
         save_state(student, out / cfg / "net_G.pth")
         results[cfg] = log
     return {"finetuned": list(results), "losses": results}
@@ -330,7 +336,7 @@ def stage_export(ctx: Context, out: Path) -> dict:
                                    job={**job_info, **extra}, opset=job.export.opset, resolution=r)
         if job.export.profile:
             prof = profile_model(folder / manifest.model_file, resolutions=[(r, r)], runs=job.export.profile_runs,
-                                 threads=job.export.profile_threads)
+                                 threads=job.export.profile_threads, provider=_provider(job), progress=False)
             manifest = manifest.with_profile(prof)
             write_manifest(folder, manifest)
         return manifest.artifact_id

@@ -63,8 +63,9 @@ def train_pix2pix(job: JobConfig, train: ImageSet, out_dir: Path) -> dict:
     """Conditional GAN (D sees input|output) + λ·L1 to ground truth."""
     cfg = job.teacher
     nc_in, nc_out = job.data.input_nc, job.data.output_nc
-    G = build_teacher(cfg, nc_in, nc_out)
-    D = build_discriminator(cfg, nc_in + nc_out)
+    dev = torch.device(job.device)
+    G = build_teacher(cfg, nc_in, nc_out).to(dev)
+    D = build_discriminator(cfg, nc_in + nc_out).to(dev)
     gan = GANLoss(cfg.gan_mode)
     opt_g, opt_d = _adam(G.parameters(), cfg.lr, cfg.beta1), _adam(D.parameters(), cfg.lr, cfg.beta1)
     sch = [_linear_decay(opt_g, cfg.steps), _linear_decay(opt_d, cfg.steps)]
@@ -72,7 +73,7 @@ def train_pix2pix(job: JobConfig, train: ImageSet, out_dir: Path) -> dict:
     G.train(), D.train()
     log = {}
     for step in progress(range(cfg.steps), cfg.steps, "train-teacher (pix2pix)"):
-        real_a, real_b = stream.batch(step)
+        real_a, real_b = (t.to(dev) for t in stream.batch(step))
         fake_b = G(real_a)
         # D step
         opt_d.zero_grad(set_to_none=True)
@@ -90,8 +91,8 @@ def train_pix2pix(job: JobConfig, train: ImageSet, out_dir: Path) -> dict:
         for s in sch:
             s.step()
         log = {"loss_d": loss_d.item(), "loss_g_gan": loss_g_gan.item(), "loss_l1": loss_l1.item()}
-    save_state(G, out_dir / G_NAME)
-    save_state(D, out_dir / D_NAME)
+    save_state(G.cpu(), out_dir / G_NAME)
+    save_state(D.cpu(), out_dir / D_NAME)
     return log
 
 
@@ -101,8 +102,9 @@ def train_cyclegan(job: JobConfig, train: ImageSet, out_dir: Path) -> dict:
     if train.target is None:
         raise ValueError("CycleGAN teacher needs images of both domains (trainA/ and trainB/)")
     nc = job.data.input_nc
-    G_ab, G_ba = build_teacher(cfg, nc, nc), build_teacher(cfg, nc, nc)
-    D_b, D_a = build_discriminator(cfg, nc), build_discriminator(cfg, nc)
+    dev = torch.device(job.device)
+    G_ab, G_ba = build_teacher(cfg, nc, nc).to(dev), build_teacher(cfg, nc, nc).to(dev)
+    D_b, D_a = build_discriminator(cfg, nc).to(dev), build_discriminator(cfg, nc).to(dev)
     gan = GANLoss(cfg.gan_mode)
     opt_g = _adam(itertools.chain(G_ab.parameters(), G_ba.parameters()), cfg.lr, cfg.beta1)
     opt_d = _adam(itertools.chain(D_a.parameters(), D_b.parameters()), cfg.lr, cfg.beta1)
@@ -110,7 +112,7 @@ def train_cyclegan(job: JobConfig, train: ImageSet, out_dir: Path) -> dict:
     stream = TrainStream(train, cfg.batch_size, job.seed)
     log = {}
     for step in progress(range(cfg.steps), cfg.steps, "train-teacher (cyclegan)"):
-        real_a, real_b = stream.batch(step)
+        real_a, real_b = (t.to(dev) for t in stream.batch(step))
         fake_b, fake_a = G_ab(real_a), G_ba(real_b)
         opt_g.zero_grad(set_to_none=True)
         l_gan = gan(D_b(fake_b), True, False) + gan(D_a(fake_a), True, False)
@@ -126,10 +128,10 @@ def train_cyclegan(job: JobConfig, train: ImageSet, out_dir: Path) -> dict:
         for s in sch:
             s.step()
         log = {"loss_d": l_d.item(), "loss_g_gan": l_gan.item(), "loss_cycle": l_cyc.item()}
-    save_state(G_ab, out_dir / G_NAME)
-    save_state(D_b, out_dir / D_NAME)
-    save_state(G_ba, out_dir / "latest_net_G_B.pth")
-    save_state(D_a, out_dir / "latest_net_D_A.pth")
+    save_state(G_ab.cpu(), out_dir / G_NAME)
+    save_state(D_b.cpu(), out_dir / D_NAME)
+    save_state(G_ba.cpu(), out_dir / "latest_net_G_B.pth")
+    save_state(D_a.cpu(), out_dir / "latest_net_D_A.pth")
     return log
 
 

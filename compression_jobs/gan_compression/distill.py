@@ -85,6 +85,7 @@ def train_distill(
     conditional_d: bool,
     sample_config: ConfigSampler | None = None,
     desc: str = "distill",
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Run `steps` distillation steps in place on `parts`; returns the last step's losses.
 
@@ -93,7 +94,11 @@ def train_distill(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student, D, mapper = parts.student, parts.discriminator, parts.mapper
+    dev = torch.device(device)
+    teacher.to(dev)
+    student, D, mapper = parts.student.to(dev), parts.discriminator.to(dev), parts.mapper
+    if mapper is not None:
+        mapper.to(dev)
     student.train(), D.train()
     g_params = list(student.parameters()) + (list(mapper.parameters()) if mapper is not None else [])
     opt_g = torch.optim.Adam(g_params, lr=lr, betas=(cfg.beta1, 0.999))
@@ -107,6 +112,8 @@ def train_distill(
     try:
         for step in progress(range(steps), steps, desc):
             x, gt = stream.batch(step)
+            x = x.to(dev)
+            gt = gt.to(dev) if gt is not None else None
             with torch.no_grad():
                 t_out = teacher(x)
             config = sample_config(step) if sample_config is not None else None
@@ -123,11 +130,11 @@ def train_distill(
             loss_gan = gan(D(_cond(x, s_out, conditional_d)), True, for_discriminator=False)
             loss_recon = recon(s_out, t_out)
             total = cfg.lambda_gan * loss_gan + cfg.lambda_recon * loss_recon
-            loss_distill = torch.zeros(())
+            loss_distill = torch.zeros((), device=dev)
             if mapper is not None:
                 loss_distill = mapper(tap_s.features(), tap_t.features())
                 total = total + cfg.lambda_distill * loss_distill
-            loss_gt = torch.zeros(())
+            loss_gt = torch.zeros((), device=dev)
             if gt is not None and train.paired and cfg.lambda_gt > 0:
                 loss_gt = F.l1_loss(s_out, gt)
                 total = total + cfg.lambda_gt * loss_gt
@@ -139,6 +146,9 @@ def train_distill(
         for tap in (tap_t, tap_s):
             if tap is not None:
                 tap.close()
+        for m in (teacher, student, D, mapper):
+            if m is not None:
+                m.cpu()
     return log
 
 

@@ -134,18 +134,21 @@ def evolutionary_search(
     seed: int,
     batch_size: int = 8,
     progress_cb: Callable[[int], None] | None = None,
+    device: str = "cpu",
 ) -> SearchResult:
     """Score sub-networks on held-out images; keep the best `parents`, mutate/cross them over."""
     space = supernet.space
     rng = random.Random(seed)
     cache: dict[str, Candidate] = {}
+    dev = torch.device(device)
     supernet.eval()
 
     def evaluate(cfg: ChannelConfig) -> Candidate:
         key = str(cfg)
         if key in cache:
             return cache[key]
-        macs = macs_at(supernet, resolution, {"config": cfg})
+        macs = macs_at(supernet.cpu(), resolution, {"config": cfg})
+        supernet.to(dev)
         cand = Candidate(key, macs)
         if latency is not None:
             cand.predicted_latency_ms = latency.predict(macs)
@@ -153,7 +156,7 @@ def evolutionary_search(
             budget_latency_ms is None or cand.predicted_latency_ms is None or cand.predicted_latency_ms <= budget_latency_ms
         )
         if cand.feasible:
-            m = fidelity(lambda x: supernet(x, cfg), test, teacher_out, batch_size)
+            m = fidelity(lambda x: supernet(x.to(dev), cfg).cpu(), test, teacher_out, batch_size)
             cand.ssim_to_teacher, cand.psnr_to_teacher = m["ssim_to_teacher"], m["psnr_to_teacher"]
         cache[key] = cand
         if progress_cb:
