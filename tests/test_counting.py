@@ -1,0 +1,63 @@
+"""MAC/param counting against published figures and hand counts; the `pocketgan macs` CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from compression_jobs.counting import count_active_params, count_macs, count_params
+from compression_jobs.models import ChannelConfig, mobile_resnet_generator, resnet_generator, supernet
+
+torch.set_num_threads(1)
+
+
+def test_cyclegan_resnet9_matches_published_figures():
+    model = resnet_generator(ngf=64, n_blocks=9)
+    macs, params = count_macs(model, 256), count_params(model)
+    assert macs == pytest.approx(56.8e9, rel=0.01)  # GAN Compression, Table 1: CycleGAN 56.8G MACs
+    assert params == pytest.approx(11.38e6, rel=0.01)  # 11.378 M
+    # the strict convention counts transposed convs by input elements: only the 2 up layers differ
+    assert count_macs(model, 256, transposed="exact") == pytest.approx(49.55e9, rel=0.01)
+
+
+def test_counts_scale_with_resolution_and_batch():
+    model = resnet_generator(ngf=8, n_blocks=2)
+    assert count_macs(model, 64, 128) == 2 * count_macs(model, 64, 64)
+    assert count_macs(model, 64, batch=3) == 3 * count_macs(model, 64)
+
+
+def test_hand_counted_small_networks():
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8), nn.ReLU())
+    conv.input_nc = 3
+    assert count_macs(conv, 10, 12) == 10 * 12 * 8 * 3 * 9
+    dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    dw.input_nc = 8
+    assert count_macs(dw, 10) == 10 * 10 * 8 * 1 * 9
+    up = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
+    up.input_nc = 4
+    assert count_macs(up, 5) == (10 * 10 * 2) * 4 * 9  # published: output elements x in x k^2
+    assert count_macs(up, 5, transposed="exact") == (5 * 5 * 4) * 2 * 9
+
+
+def test_supernet_counts_the_active_subnetwork():
+    net = supernet(ngf=16, n_blocks=3)
+    cfg = ChannelConfig.parse("8_16_32_16_32_48_16_8")
+    student = net.extract(cfg)
+    assert count_macs(net, 64, forward_kwargs={"config": cfg}) == count_macs(student, 64)
+    assert count_active_params(net, 32, {"config": cfg}) == count_params(student)
+    assert count_macs(net, 64, forward_kwargs={"config": net.space.largest()}) > count_macs(student, 64)
+    assert count_params(mobile_resnet_generator(cfg, n_blocks=3)) == count_params(student)
+
+
+def test_macs_cli_json():
+    out = subprocess.run([sys.executable, "-m", "pocketgan", "macs", "--arch", "resnet", "--ngf", "64", "--n-blocks", "9",
+                          "--size", "256", "--json"], capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    assert data["macs"] == pytest.approx(56.8e9, rel=0.01) and data["params"] == pytest.approx(11.38e6, rel=0.01)
+    bad = subprocess.run([sys.executable, "-m", "pocketgan", "macs", "--arch", "mobile-resnet"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "needs --config" in bad.stderr
