@@ -1,0 +1,350 @@
+"""`pocketgan registry …`: the operator's view of the registry.
+
+Human tables by default, `--json` on every command for scripts. Configuration comes from the
+environment (POCKETGAN_REGISTRY, POCKETGAN_S3_ENDPOINT, AWS_*); see `registry.config`.
+
+Exit codes (raised as RegistryError subclasses and turned into one line by `pocketgan.cli.main`):
+0 ok, 2 bad usage / invalid name or manifest / POCKETGAN_REGISTRY unset, 3 conflict (lost race,
+expected revision mismatch, retired or still-promoted artifact), 4 not found (artifact, alias,
+bucket), 5 integrity failure (sha256/size mismatch), 6 registry unreachable (down, timeout,
+credentials rejected).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from registry.errors import InvalidInput
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+_task_option = click.option("--task", default=None, help="Task the artifact belongs to (default: search all tasks).")
+
+
+def _registry():  # noqa: ANN202 - lazy import keeps `--help` fast
+    from registry.client import Registry
+
+    return Registry.from_env()
+
+
+def _console():  # noqa: ANN202
+    import sys
+
+    from rich.console import Console
+
+    # piped output: wide enough that ids and hashes are not truncated
+    return Console(width=None if sys.stdout.isatty() else 220)
+
+
+def _emit_json(obj: Any) -> None:
+    from registry.client import dump_json
+
+    click.echo(dump_json(obj))
+
+
+def _fmt_macs(macs: int | None) -> str:
+    return "-" if macs is None else f"{macs / 1e9:.2f}G"
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt_params(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}M"
+
+
+@click.group("registry")
+def registry_cli() -> None:
+    """Publish, inspect, verify, pull, promote and roll back artifacts in the S3 registry.
+
+    Needs POCKETGAN_REGISTRY=s3://bucket/prefix (and POCKETGAN_S3_ENDPOINT for non-AWS S3);
+    `pocketgan s3 up` starts a local one and prints the variables.
+    """
+
+
+@registry_cli.command("publish")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--task", default=None, help="Task (required for a bare .onnx file).")
+@click.option("--method", default=None, help="Method, e.g. teacher, omgd, int8 (required for a bare .onnx file).")
+@click.option("--parent", default=None, help="Parent artifact id or name (bare .onnx only).")
+@_json_option
+def publish_cmd(path: Path, task: str | None, method: str | None, parent: str | None, as_json: bool) -> None:
+    """Publish an artifact directory (with manifest.json) or a bare model.onnx (with --task/--method)."""
+    reg = _registry()
+    if path.is_dir() and (path / "manifest.json").is_file():
+        if task or method or parent:
+            raise click.UsageError("--task/--method/--parent are for a bare .onnx file; an artifact dir has its own manifest")
+        result = reg.publish_dir(path)
+    else:
+        onnx_path = path / "model.onnx" if path.is_dir() else path
+        if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
+            raise click.UsageError(f"{path} is neither an artifact directory (manifest.json) nor an .onnx file")
+        if not task or not method:
+            raise click.UsageError("publishing a bare .onnx file needs --task and --method")
+        result = reg.publish_model(onnx_path, task=task, method=method, parent=parent)
+    m = result.manifest
+    if as_json:
+        _emit_json({"artifact_id": m.artifact_id, "task": m.task, "method": m.method, "created": result.created})
+        return
+    verb = "published" if result.created else "already published (no change)"
+    click.echo(
+        f"{verb}: {m.artifact_id}  task={m.task} method={m.method} "
+        f"macs={_fmt_macs(m.architecture.macs)} size={_fmt_bytes(m.total_bytes)}  {reg.url(reg._manifest_key(m.task, m.artifact_id))}"
+    )
+
+
+@registry_cli.command("ls")
+@click.option("--task", default=None, help="Only this task.")
+@click.option("--method", default=None, help="Only this method.")
+@click.option("--hardware-tag", default=None, help="Only artifacts with a profile for this hardware tag.")
+@click.option("--all", "include_retired", is_flag=True, help="Include retired artifacts.")
+@_json_option
+def ls_cmd(task: str | None, method: str | None, hardware_tag: str | None, include_retired: bool, as_json: bool) -> None:
+    """List published artifacts (a JSON list of manifests with --json)."""
+    items = _registry().list_status(task=task, method=method, hardware_tag=hardware_tag, include_retired=include_retired)
+    if as_json:
+        _emit_json([i.manifest for i in items])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(items)} artifact(s)")
+    for col in ("id", "task", "method", "family", "MACs", "params", "size", "profiles", "created"):
+        table.add_column(col)
+    if include_retired:
+        table.add_column("retired")
+    for item in items:
+        m = item.manifest
+        row = [
+            m.artifact_id,
+            m.task,
+            m.method,
+            m.architecture.family,
+            _fmt_macs(m.architecture.macs),
+            _fmt_params(m.architecture.params),
+            _fmt_bytes(m.total_bytes),
+            ",".join(p.hardware_tag for p in m.profiles) or "-",
+            m.created_at.strftime("%Y-%m-%d %H:%M"),
+        ]
+        if include_retired:
+            row.append("yes" if item.retired else "")
+        table.add_row(*row)
+    _console().print(table)
+
+
+@registry_cli.command("show")
+@click.argument("artifact_id")
+@_task_option
+@_json_option
+def show_cmd(artifact_id: str, task: str | None, as_json: bool) -> None:
+    """Show one artifact's manifest (profiles merged in)."""
+    m = _registry().get_manifest(artifact_id, task)
+    if as_json:
+        _emit_json(m)
+        return
+    from rich.table import Table
+
+    c = _console()
+    a = m.architecture
+    c.print(f"[bold]{m.artifact_id}[/bold]  task={m.task}  method={m.method}  parent={m.parent or '-'}  created={m.created_at.isoformat()}")
+    c.print(
+        f"architecture: {a.family} channels={a.channel_config or '-'} in/out={a.input_nc}/{a.output_nc} "
+        f"MACs@{a.reference_resolution}={_fmt_macs(a.macs)} params={_fmt_params(a.params)} opset={a.onnx_opset} {a.precision}"
+    )
+    q = m.quality
+    c.print(
+        f"quality: dataset={q.dataset or '-'} split={q.split or '-'} PSNR/teacher={q.psnr_to_teacher} SSIM/teacher={q.ssim_to_teacher}"
+        + (f" notes={'; '.join(q.notes)}" if q.notes else "")
+    )
+    files = Table(title="files")
+    for col in ("path", "bytes", "sha256"):
+        files.add_column(col)
+    for f in m.files:
+        files.add_row(f.path, str(f.bytes), f.sha256)
+    c.print(files)
+    if m.profiles:
+        prof = Table(title="profiles")
+        for col in ("hardware tag", "provider", "threads", "size", "p50 ms", "p95 ms", "p99 ms", "img/s"):
+            prof.add_column(col)
+        for p in m.profiles:
+            for x in p.measurements:
+                prof.add_row(
+                    p.hardware_tag, p.execution_provider, str(p.threads), f"{x.width}x{x.height}x{x.batch}",
+                    f"{x.p50_ms:.2f}", f"{x.p95_ms:.2f}", f"{x.p99_ms:.2f}", f"{x.throughput_ips:.1f}",
+                )
+        c.print(prof)
+
+
+@registry_cli.command("verify")
+@click.argument("artifact_id")
+@_task_option
+@_json_option
+def verify_cmd(artifact_id: str, task: str | None, as_json: bool) -> None:
+    """Download and re-hash every file against the manifest (exit 5 on any mismatch)."""
+    m = _registry().verify(artifact_id, task)
+    if as_json:
+        _emit_json({"artifact_id": m.artifact_id, "task": m.task, "verified": True, "files": len(m.files)})
+    else:
+        click.echo(f"ok: {m.artifact_id} ({m.task}): {len(m.files)} file(s) match their sha256")
+
+
+@registry_cli.command("pull")
+@click.argument("artifact_id")
+@_task_option
+@click.option("--offline-ok", is_flag=True, help="Use a verified cached copy if the registry is unreachable.")
+@_json_option
+def pull_cmd(artifact_id: str, task: str | None, offline_ok: bool, as_json: bool) -> None:
+    """Download into the local cache (verified before it is placed) and print its path."""
+    path = _registry().pull(artifact_id, task, allow_offline=offline_ok)
+    if as_json:
+        _emit_json({"artifact_id": artifact_id, "path": str(path)})
+    else:
+        click.echo(str(path))
+
+
+@registry_cli.command("add-profile")
+@click.argument("artifact_id")
+@click.argument("profile_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_task_option
+@_json_option
+def add_profile_cmd(artifact_id: str, profile_json: Path, task: str | None, as_json: bool) -> None:
+    """Attach a hardware profile (JSON, HardwareProfile schema) to an artifact."""
+    from registry.manifest import HardwareProfile
+
+    try:
+        profile = HardwareProfile.model_validate_json(profile_json.read_bytes())
+    except ValueError as exc:
+        raise InvalidInput(f"{profile_json} is not a valid hardware profile: {str(exc).splitlines()[0]}") from exc
+    m = _registry().add_profile(artifact_id, profile, task)
+    if as_json:
+        _emit_json(m)
+    else:
+        click.echo(f"profile {profile.hardware_tag} recorded for {m.artifact_id} ({m.task})")
+
+
+def _alias_out(alias, as_json: bool, verb: str) -> None:  # noqa: ANN001
+    if as_json:
+        _emit_json(alias)
+    else:
+        click.echo(
+            f"{verb} {alias.task}/{alias.channel} -> revision {alias.revision}: {' '.join(alias.artifacts)}"
+        )
+
+
+@registry_cli.command("promote")
+@click.option("--task", required=True)
+@click.option("--channel", required=True, help="e.g. production, staging")
+@click.argument("artifact_ids", nargs=-1, required=True)
+@click.option("--expect-revision", type=int, default=None, help="Fail (exit 3) unless the alias is at this revision (0 = never promoted).")
+@click.option("--reason", default=None, help="Recorded in the audit log.")
+@click.option("--actor", default=None, help="Who (default: POCKETGAN_ACTOR or user@host).")
+@_json_option
+def promote_cmd(task: str, channel: str, artifact_ids: tuple[str, ...], expect_revision: int | None, reason: str | None, actor: str | None, as_json: bool) -> None:
+    """Make ARTIFACT_IDS the promoted set of TASK/CHANNEL (compare-and-swap; exit 3 on a lost race)."""
+    alias = _registry().promote(task, channel, list(artifact_ids), expect_revision=expect_revision, actor=actor, reason=reason)
+    _alias_out(alias, as_json, "promoted")
+
+
+@registry_cli.command("rollback")
+@click.option("--task", required=True)
+@click.option("--channel", required=True)
+@click.option("--expect-revision", type=int, default=None)
+@click.option("--reason", default=None)
+@click.option("--actor", default=None)
+@_json_option
+def rollback_cmd(task: str, channel: str, expect_revision: int | None, reason: str | None, actor: str | None, as_json: bool) -> None:
+    """Make the previous promoted set current again."""
+    alias = _registry().rollback(task, channel, expect_revision=expect_revision, actor=actor, reason=reason)
+    _alias_out(alias, as_json, "rolled back")
+
+
+@registry_cli.command("alias")
+@click.option("--task", required=True)
+@click.option("--channel", required=True)
+@_json_option
+def alias_cmd(task: str, channel: str, as_json: bool) -> None:
+    """Show the current promoted set and its revision."""
+    snap = _registry().read_alias(task, channel)
+    if as_json:
+        _emit_json(snap)
+        return
+    a = snap.alias
+    click.echo(f"{a.task}/{a.channel} revision {a.revision} (by {a.updated_by} at {a.updated_at.isoformat()}): {' '.join(a.artifacts)}")
+    for i, s in enumerate(reversed(a.history), 1):
+        click.echo(f"  previous[-{i}]: {' '.join(s)}")
+
+
+@registry_cli.command("history")
+@click.option("--task", required=True)
+@click.option("--channel", default=None)
+@_json_option
+def history_cmd(task: str, channel: str | None, as_json: bool) -> None:
+    """The audit log: who published/promoted/rolled back/retired what, and when."""
+    events = _registry().history(task, channel)
+    if as_json:
+        _emit_json(events)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"history of {task}" + (f"/{channel}" if channel else ""))
+    for col in ("at (UTC)", "action", "channel", "actor", "revision", "from", "to", "reason"):
+        table.add_column(col)
+    for e in events:
+        rev = "" if e.to_revision is None else f"{e.from_revision or 0}->{e.to_revision}"
+        table.add_row(
+            e.at.strftime("%Y-%m-%d %H:%M:%S"), e.action, e.channel or "", e.actor, rev,
+            " ".join(e.from_set), " ".join(e.to_set), e.reason or "",
+        )
+    _console().print(table)
+
+
+@registry_cli.command("retire")
+@click.argument("artifact_id")
+@_task_option
+@click.option("--actor", default=None)
+@_json_option
+def retire_cmd(artifact_id: str, task: str | None, actor: str | None, as_json: bool) -> None:
+    """Hide an artifact from `ls` and forbid promoting it (refused while it is promoted)."""
+    m = _registry().retire(artifact_id, task, actor=actor)
+    if as_json:
+        _emit_json({"artifact_id": m.artifact_id, "task": m.task, "retired": True})
+    else:
+        click.echo(f"retired {m.artifact_id} ({m.task})")
+
+
+@registry_cli.command("presign")
+@click.argument("artifact_id")
+@_task_option
+@click.option("--path", "file_path", default="model.onnx", show_default=True)
+@click.option("--expires", type=click.IntRange(1, 7 * 24 * 3600), default=900, show_default=True, help="Seconds.")
+@_json_option
+def presign_cmd(artifact_id: str, task: str | None, file_path: str, expires: int, as_json: bool) -> None:
+    """Print a time-limited download URL for one file of an artifact."""
+    url = _registry().presign(artifact_id, file_path, task, expires_s=expires)
+    if as_json:
+        _emit_json({"artifact_id": artifact_id, "path": file_path, "url": url, "expires_s": expires})
+    else:
+        click.echo(url)
+
+
+@registry_cli.command("tasks")
+@_json_option
+def tasks_cmd(as_json: bool) -> None:
+    """List tasks that have artifacts."""
+    tasks = _registry().tasks()
+    if as_json:
+        click.echo(json.dumps(tasks))
+    else:
+        for t in tasks:
+            click.echo(t)
+
+
