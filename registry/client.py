@@ -274,7 +274,7 @@ class Registry:
         include_retired: bool = False,
     ) -> builtins.list[ListedArtifact]:
         """Like `list`, with each artifact's retired flag. One listing per task, then manifest reads."""
-        tasks = [validate_name(task, "task")] if task else self.tasks()
+        tasks = [validate_name(task, "task")] if task is not None else self.tasks()
         if hardware_tag is not None:
             validate_name(hardware_tag, "hardware tag")
         out: builtins.list[ListedArtifact] = []

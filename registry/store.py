@@ -119,9 +119,10 @@ class S3ObjectStore(ObjectStore):
             signature_version="s3v4",
             s3={"addressing_style": "path"} if settings.s3_endpoint else {},
         )
+        secret = settings.secret_access_key
         session = boto3.session.Session(
             aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key.get_secret_value() if settings.secret_access_key else None,
+            aws_secret_access_key=secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret,
             region_name=settings.region,
         )
         self.client = session.client("s3", endpoint_url=settings.s3_endpoint, config=config)
