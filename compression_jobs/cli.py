@@ -198,8 +198,8 @@ def profile_cli(artifact_id: str | None, task: str | None, promoted: bool, chann
         targets = [(m.artifact_id, m.task) for m in manifests]
     results = []
     for aid, t in targets:
-        local = Path(registry.pull(aid, task=t))
-        model_path = local / "model.onnx" if local.is_dir() else local
+        local = registry.pull(aid, task=t)  # verified against the manifest's sha256
+        model_path = local / registry.get_manifest(aid, task=t).model_file
         profile = profile_model(model_path, resolutions=res, batches=batches, warmup=warmup, runs=runs,
                                 min_time_s=min_time, threads=threads, provider=provider, hardware_tag=hardware_tag,
                                 progress=not as_json, label=aid)
@@ -226,6 +226,5 @@ def _task_manifests(registry, task: str, promoted: bool, channel: str) -> list: 
     manifests = list(registry.list(task=task))
     if not promoted:
         return manifests
-    alias = registry.get_alias(task, channel)
-    ids = set(getattr(alias, "artifact_ids", None) or getattr(alias, "artifacts", None) or [])
+    ids = set(registry.read_alias(task, channel).alias.artifacts)
     return [m for m in manifests if m.artifact_id in ids]

@@ -61,3 +61,18 @@ def test_macs_cli_json():
     assert data["macs"] == pytest.approx(56.8e9, rel=0.01) and data["params"] == pytest.approx(11.38e6, rel=0.01)
     bad = subprocess.run([sys.executable, "-m", "pocketgan", "macs", "--arch", "mobile-resnet"], capture_output=True, text=True)
     assert bad.returncode == 2 and "needs --config" in bad.stderr
+
+
+def test_cross_check_with_onnx_graph_counter(tmp_path):
+    """Hook counts agree with registry/onnx_stats.py, which counts from the exported ONNX graph."""
+    onnx_stats = pytest.importorskip("registry.onnx_stats").onnx_stats
+    from compression_jobs.export import export_onnx
+
+    model = mobile_resnet_generator("8_8_16_8_16_16_8_8", n_blocks=3)
+    # dynamo (our default exporter): ONNX shape inference cannot see through the TorchScript
+    # exporter's reflection-pad subgraph, so onnx_stats reports macs=None for those graphs
+    export_onnx(model, tmp_path / "m.onnx", resolution=32, exporter="dynamo")
+    stats = onnx_stats(tmp_path / "m.onnx", resolution=64)
+    assert stats.params == count_params(model)
+    # onnx_stats counts ConvTranspose by input elements, i.e. our "exact" convention
+    assert stats.macs == count_macs(model, 64, transposed="exact")
