@@ -1,0 +1,77 @@
+"""`pocketgan serve`: run `bentoml serve service.service:PocketGAN` with the right env and args."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+SERVICE_REF = "service.service:PocketGAN"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def serve_command(port: int, host: str) -> list[str]:
+    """The bentoml command line (the `bentoml` next to this interpreter, else `python -m bentoml`)."""
+    exe = Path(sys.executable).parent / "bentoml"
+    base = [str(exe)] if exe.is_file() else [sys.executable, "-m", "bentoml"]
+    return [*base, "serve", SERVICE_REF, "--port", str(port), "--host", host]
+
+
+def serve_env(
+    base: dict[str, str], *, workers: int | None, tasks: tuple[str, ...], channel: str | None,
+    hardware_tag: str | None, poll_interval_s: float | None, max_concurrency: int | None, timeout_s: float | None,
+) -> dict[str, str]:
+    """The environment for the service: POCKETGAN_SERVICE_* from the options, tracking off."""
+    env = dict(base)
+    env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    if workers is not None:
+        env["POCKETGAN_SERVICE_WORKERS"] = str(workers)
+    if tasks:
+        env["POCKETGAN_SERVICE_TASKS"] = json.dumps(list(tasks))
+    if channel:
+        env["POCKETGAN_SERVICE_CHANNEL"] = channel
+    if hardware_tag:
+        env["POCKETGAN_SERVICE_HARDWARE_TAG"] = hardware_tag
+    if poll_interval_s is not None:
+        env["POCKETGAN_SERVICE_POLL_INTERVAL_S"] = str(poll_interval_s)
+    if max_concurrency is not None:
+        env["POCKETGAN_SERVICE_MAX_CONCURRENCY"] = str(max_concurrency)
+    if timeout_s is not None:
+        env["POCKETGAN_SERVICE_TIMEOUT_S"] = str(timeout_s)
+    return env
+
+
+@click.command("serve")
+@click.option("--port", type=int, default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on all interfaces")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="worker processes (default 1)")
+@click.option("--tasks", "tasks", multiple=True, help="task to serve (repeatable); default from settings")
+@click.option("--channel", default=None, help="alias channel to follow (default production)")
+@click.option("--hardware-tag", default=None, help="profile tag for this machine (default: detect)")
+@click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(min=0.1), default=None, help="alias poll seconds")
+@click.option("--max-concurrency", type=click.IntRange(1), default=None, help="in-flight requests before 429")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=None, help="seconds before 504")
+def serve_cli(
+    port: int, host: str, workers: int | None, tasks: tuple[str, ...], channel: str | None, hardware_tag: str | None,
+    poll_interval_s: float | None, max_concurrency: int | None, timeout_s: float | None,
+) -> None:
+    """Run the translation service against the registry in POCKETGAN_REGISTRY (Ctrl-C stops it)."""
+    from registry.names import validate_name
+
+    for t in tasks:
+        validate_name(t, "task")
+    env = serve_env(
+        dict(os.environ), workers=workers, tasks=tasks, channel=channel, hardware_tag=hardware_tag,
+        poll_interval_s=poll_interval_s, max_concurrency=max_concurrency, timeout_s=timeout_s,
+    )
+    cmd = serve_command(port, host)
+    click.echo(f"serving on http://{host}:{port} (docs: /docs.json, metrics: /metrics)", err=True)
+    try:
+        rc = subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    except KeyboardInterrupt:
+        rc = 130
+    raise SystemExit(rc)

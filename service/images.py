@@ -1,0 +1,111 @@
+"""Decoding untrusted image bytes: every failure is an `ImageRejected` with a status and reason.
+
+Policy (on purpose):
+- Accepted formats by content (magic bytes AND Pillow's detected format): PNG, JPEG, WEBP.
+  File names and declared content types are ignored.
+- The pixel count is checked from the header *before* decoding (decompression bombs -> 413);
+  Pillow's own MAX_IMAGE_PIXELS guard is set to the same limit as a second line.
+- Truncated or corrupt data -> 400 `corrupt_image` (LOAD_TRUNCATED_IMAGES stays False).
+- Animated images (APNG, animated WEBP) -> 415 `animated_image`: which frame to translate is
+  ambiguous, so we refuse instead of guessing.
+- Colour modes are converted, not refused: RGBA/LA/P-with-transparency are composited onto
+  white, greyscale and CMYK go through Pillow's conversion, 16-bit greyscale is scaled to
+  8 bits (`registry.runtime.to_rgb`), EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+from registry.runtime import to_rgb
+
+_FORMATS = ("PNG", "JPEG", "WEBP")
+_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class ImageRejected(Exception):
+    """Bad input: HTTP status, stable reason code and a one-line message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+REJECTION_REASONS = (
+    "body_too_large", "wrong_content_type", "bad_form", "missing_image", "empty_image", "unsupported_format",
+    "too_many_pixels", "corrupt_image", "animated_image", "bad_parameter", "unknown_task", "unknown_device_class",
+    "budget_out_of_range",
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """PNG / JPEG / WEBP from the magic bytes, else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # 8-bit RGB
+    format: str  # PNG / JPEG / WEBP
+    original_mode: str
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Decoded:
+    """Untrusted bytes -> RGB image, or ImageRejected. Blocking: call it off the event loop."""
+    if not data:
+        raise ImageRejected(400, "empty_image", "the image part is empty")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageRejected(415, "unsupported_format", "image content is not PNG, JPEG or WEBP")
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow errors at 2x this, warns at 1x; our own check comes first
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[fmt])
+            if img.format not in _FORMATS:
+                raise ImageRejected(415, "unsupported_format", f"decoded format {img.format} is not accepted")
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageRejected(400, "corrupt_image", f"image has no pixels ({w}x{h})")
+            if w * h > max_pixels:
+                raise ImageRejected(413, "too_many_pixels", f"image is {w}x{h} = {w * h} pixels, limit {max_pixels}")
+            if getattr(img, "n_frames", 1) > 1:
+                raise ImageRejected(415, "animated_image", "animated images are not accepted; send one frame")
+            mode = img.mode
+            img.load()
+            rgb = to_rgb(img)
+            rgb.load()
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(413, "too_many_pixels", f"decompression bomb refused: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.UnidentifiedImageError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageRejected(400, "corrupt_image", f"image cannot be decoded: {msg}") from exc
+    return Decoded(image=rgb, format=fmt, original_mode=mode)
+
+
+def encode_image(img: Image.Image, fmt: str, *, jpeg_quality: int = 90) -> tuple[bytes, str]:
+    """PIL -> (bytes, content type) for png / jpeg / webp."""
+    fmt = fmt.lower()
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, format="PNG", compress_level=1)  # speed over size: it is a response body
+    elif fmt == "jpeg":
+        img.save(buf, format="JPEG", quality=jpeg_quality)
+    elif fmt == "webp":
+        img.save(buf, format="WEBP", quality=jpeg_quality)
+    else:  # pragma: no cover - validated before
+        raise ValueError(f"unknown output format {fmt!r}")
+    return buf.getvalue(), _CONTENT_TYPES[fmt]

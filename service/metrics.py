@@ -1,0 +1,106 @@
+"""Prometheus metrics of the service (base units, `_total` counters, bounded labels).
+
+Built lazily by `build_metrics()` from inside the service instance: BentoML sets
+PROMETHEUS_MULTIPROC_DIR in each worker before instantiating the service, and prometheus_client
+decides single- vs multi-process mode when it is first imported, so importing it at module import
+time would hide our metrics from BentoML's multi-worker `/metrics`. Gauges use `livemax`/`livesum`
+multiprocess modes so one scrape aggregates all live workers.
+
+Label values are bounded: task and device class come from the configuration (validated before
+they are used as labels), artifact ids from promoted sets, reasons from fixed lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from service.images import REJECTION_REASONS
+
+SWAP_FAILURE_REASONS = ("integrity", "unreachable", "not_found", "load_error", "other")
+
+
+@dataclass
+class Metrics:
+    request_duration: Any
+    inference_duration: Any
+    processing_duration: Any
+    budget: Any
+    selections: Any
+    no_eligible: Any
+    loaded_artifact: Any
+    serving_from_cache: Any
+    swaps: Any
+    swap_failures: Any
+    poll_errors: Any
+    since_last_poll: Any
+    rejections: Any
+
+    def init_labels(self, tasks: list[str], device_classes: list[str]) -> None:
+        """Create zero-valued children so every metric shows up in the first scrape."""
+        for t in tasks:
+            for dc in device_classes:
+                for outcome in ("met", "missed"):
+                    self.budget.labels(t, dc, outcome)
+                self.no_eligible.labels(t, dc)
+            self.swaps.labels(t)
+            for r in SWAP_FAILURE_REASONS:
+                self.swap_failures.labels(t, r)
+            self.poll_errors.labels(t)
+            self.serving_from_cache.labels(t).set(0)
+            self.since_last_poll.labels(t).set(0)
+        for r in REJECTION_REASONS:
+            self.rejections.labels(r)
+
+
+_METRICS: Metrics | None = None
+
+
+def build_metrics(budget_buckets_s: list[float]) -> Metrics:
+    """The process-wide metrics (created once; prometheus_client forbids duplicates)."""
+    global _METRICS
+    if _METRICS is not None:
+        return _METRICS
+    import prometheus_client as pc  # deferred on purpose, see module docstring
+
+    fine = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+    _METRICS = Metrics(
+        request_duration=pc.Histogram(
+            "pocketgan_request_duration_seconds", "Server-side translate time (decode to encode), by chosen artifact",
+            ["task", "device_class", "artifact"], buckets=budget_buckets_s,
+        ),
+        inference_duration=pc.Histogram(
+            "pocketgan_inference_duration_seconds", "ONNX Runtime session.run time", ["task", "artifact"],
+            buckets=fine,
+        ),
+        processing_duration=pc.Histogram(
+            "pocketgan_processing_duration_seconds", "Time outside inference: decode, preprocess, postprocess, encode",
+            ["task", "stage"], buckets=fine,
+        ),
+        budget=pc.Counter("pocketgan_budget_total", "Translate requests by budget outcome", ["task", "device_class", "outcome"]),
+        selections=pc.Counter("pocketgan_selections_total", "Selections per artifact", ["task", "artifact"]),
+        no_eligible=pc.Counter(
+            "pocketgan_no_eligible_total", "Requests where no promoted artifact was expected to meet the budget",
+            ["task", "device_class"],
+        ),
+        loaded_artifact=pc.Gauge(
+            "pocketgan_loaded_artifact_info", "1 for each artifact loaded and serving", ["task", "artifact", "source"],
+            multiprocess_mode="livemax",
+        ),
+        serving_from_cache=pc.Gauge(
+            "pocketgan_serving_from_cache", "1 when the loaded set came from the local cache (registry down at load)",
+            ["task"], multiprocess_mode="livemax",
+        ),
+        swaps=pc.Counter("pocketgan_model_swaps_total", "Model sets swapped in (including the first load)", ["task"]),
+        swap_failures=pc.Counter(
+            "pocketgan_model_swap_failures_total", "Attempts to load a new set that failed (old set kept)", ["task", "reason"],
+        ),
+        poll_errors=pc.Counter("pocketgan_registry_poll_errors_total", "Alias polls that failed", ["task"]),
+        since_last_poll=pc.Gauge(
+            "pocketgan_registry_seconds_since_last_successful_poll",
+            "Seconds since the last successful alias poll (worst live worker; updated every poll tick)",
+            ["task"], multiprocess_mode="livemax",
+        ),
+        rejections=pc.Counter("pocketgan_input_rejections_total", "Requests refused with a 4xx, by reason", ["reason"]),
+    )
+    return _METRICS

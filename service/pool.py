@@ -1,0 +1,377 @@
+"""The model pool: promoted sets loaded once, swapped atomically, followed by alias polling.
+
+- A `ModelSet` is immutable: one `OnnxGenerator` (one ONNX Runtime session) per artifact, all
+  warmed up. `ModelPool.snapshot(task)` returns the current set; a request holds on to it for
+  its whole life, so in-flight requests finish on the old set after a swap.
+- The background loop (`run_forever`) loads each task's promoted set, then polls the alias
+  ETag every `poll_interval_s`. A changed alias is pulled (sha256-verified by the registry),
+  loaded and warmed *completely* before the reference is swapped. Any failure keeps the old set,
+  logs one line and increments `pocketgan_model_swap_failures_total{reason}`.
+- After each successful load the set is recorded in `<cache>/service/<task>/<channel>.json`
+  (artifact dirs + manifests). If the registry is unreachable while nothing is loaded, that
+  record is re-verified (sha256 of every file) and served with source="cache".
+- Blocking work (S3, hashing, session creation, warm-up) runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import anyio
+
+from registry.artifact import read_artifact_dir
+from registry.errors import IntegrityError, InvalidInput, NotFound, RegistryError, RegistryUnreachable
+from registry.manifest import Manifest
+from registry.records import Alias
+from registry.runtime import OnnxGenerator
+from service.metrics import Metrics
+from service.schemas import ArtifactSummary
+from service.selection import Candidate, Observed
+from service.settings import ServiceSettings
+
+log = logging.getLogger("pocketgan.service")
+
+Source = Literal["registry", "cache"]
+
+
+def summarize(m: Manifest) -> ArtifactSummary:
+    model = m.file(m.model_file)
+    assert model is not None  # the manifest validator guarantees it
+    a = m.architecture
+    return ArtifactSummary(
+        artifact_id=m.artifact_id, task=m.task, method=m.method, family=a.family, channel_config=a.channel_config,
+        macs=a.macs, params=a.params, total_bytes=m.total_bytes, precision=a.precision, model_sha256=model.sha256,
+        model_bytes=model.bytes, profiled_tags=sorted(p.hardware_tag for p in m.profiles),
+    )
+
+
+def candidate_for(m: Manifest, hardware_tag: str) -> Candidate:
+    prof = m.profile(hardware_tag)
+    return Candidate(
+        artifact_id=m.artifact_id, macs=m.architecture.macs, total_bytes=m.total_bytes,
+        measurements=list(prof.measurements) if prof else [],
+    )
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    manifest: Manifest
+    generator: OnnxGenerator
+    directory: Path
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """An immutable promoted set, ready to serve."""
+
+    task: str
+    revision: int | None
+    artifact_ids: tuple[str, ...]
+    artifacts: dict[str, LoadedArtifact]
+    source: Source
+    loaded_at: datetime
+    here: tuple[Candidate, ...] = ()
+    """selection candidates for the service's own hardware tag, computed once per set"""
+
+    def candidates(self, hardware_tag: str) -> list[Candidate]:
+        return [candidate_for(a.manifest, hardware_tag) for a in self.artifacts.values()]
+
+
+class Observations:
+    """Per-artifact EWMA of server-side latency per megapixel and of its absolute deviation.
+
+    p95 ~= ewma + 2 * ewma_abs_dev (for a normal distribution the mean absolute deviation is
+    ~0.8 sigma and p95 = mean + 1.645 sigma ~= mean + 2 * MAD). Updated on the event loop only.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self._s: dict[str, list[float]] = {}  # id -> [count, ewma, ewma_abs_dev]
+
+    def add(self, artifact_id: str, ms: float, pixels: int) -> None:
+        v = ms / max(pixels / 1e6, 1e-9)
+        s = self._s.get(artifact_id)
+        if s is None:
+            self._s[artifact_id] = [1, v, 0.0]
+            return
+        s[0] += 1
+        dev = abs(v - s[1])
+        s[1] += self.alpha * (v - s[1])
+        s[2] += self.alpha * (dev - s[2])
+
+    def get(self, artifact_id: str) -> Observed:
+        s = self._s.get(artifact_id)
+        if s is None:
+            return Observed()
+        return Observed(count=int(s[0]), p95_ms_per_mpx=s[1] + 2 * s[2])
+
+    def ewma(self, artifact_id: str) -> float | None:
+        s = self._s.get(artifact_id)
+        return s[1] if s else None
+
+    def all(self) -> dict[str, Observed]:
+        return {k: self.get(k) for k in self._s}
+
+
+@dataclass
+class TaskState:
+    current: ModelSet | None = None
+    seen_etag: str | None = None
+    promoted: list[str] = field(default_factory=list)
+    promoted_revision: int | None = None
+    last_success_poll: float | None = None
+    last_error: str | None = None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, IntegrityError):
+        return "integrity"
+    if isinstance(exc, RegistryUnreachable):
+        return "unreachable"
+    if isinstance(exc, NotFound):
+        return "not_found"
+    if isinstance(exc, InvalidInput):
+        return "load_error"
+    return "other"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ModelPool:
+    """Loaded model sets per task plus the loop that keeps them in step with the registry."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        metrics: Metrics,
+        hardware_tag: str,
+        registry_factory: Callable[[], Any] | None = None,
+        cache_root: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.hardware_tag = hardware_tag
+        self._registry_factory = registry_factory or _default_registry
+        self._registry: Any = None
+        self.states: dict[str, TaskState] = {t: TaskState() for t in settings.tasks}
+        self.observations = Observations(settings.ewma_alpha)
+        self._cache_root = cache_root
+        self._stop = asyncio.Event()
+
+    # -- request side -------------------------------------------------------------------------
+    def snapshot(self, task: str) -> ModelSet | None:
+        st = self.states.get(task)
+        return st.current if st else None
+
+    def ready(self) -> bool:
+        """At least one promoted set loaded and warmed for every configured task."""
+        return all(st.current is not None for st in self.states.values())
+
+    # -- registry -----------------------------------------------------------------------------
+    def registry(self) -> Any:
+        if self._registry is None:
+            self._registry = self._registry_factory()
+        return self._registry
+
+    def cache_record(self, task: str) -> Path:
+        root = self._cache_root
+        if root is None:
+            root = Path(os.environ.get("POCKETGAN_CACHE_DIR") or Path.home() / ".cache" / "pocketgan")
+        return root / "service" / task / f"{self.settings.channel}.json"
+
+    # -- loading (blocking; run in a thread) ----------------------------------------------------
+    def _load_generator(self, directory: Path, manifest: Manifest, reuse: ModelSet | None) -> OnnxGenerator:
+        if reuse is not None and manifest.artifact_id in reuse.artifacts:
+            return reuse.artifacts[manifest.artifact_id].generator  # immutable: same bytes, same session
+        gen = OnnxGenerator(directory / manifest.model_file, intra_op_threads=self.settings.intra_op_threads)
+        m = gen.size_multiple
+        side = max(m, (self.settings.warmup_size + m - 1) // m * m)
+        gen.warm_up(side, side, runs=2)
+        return gen
+
+    def load_from_registry(self, alias: Alias, reuse: ModelSet | None) -> ModelSet:
+        reg = self.registry()
+        loaded: dict[str, LoadedArtifact] = {}
+        for aid in alias.artifacts:
+            directory = Path(reg.pull(aid, task=alias.task))  # sha256-verified; manifest.json has profiles merged
+            manifest = read_artifact_dir(directory, verify=False)
+            if manifest.artifact_id != aid:
+                raise IntegrityError(f"manifest of {aid} names artifact {manifest.artifact_id}")
+            loaded[aid] = LoadedArtifact(manifest, self._load_generator(directory, manifest, reuse), directory)
+        if not loaded:
+            raise NotFound(f"alias {alias.task}/{alias.channel} has an empty set")
+        mset = self._make_set(alias.task, alias.revision, tuple(alias.artifacts), loaded, "registry")
+        self._write_record(mset)
+        return mset
+
+    def _write_record(self, mset: ModelSet) -> None:
+        path = self.cache_record(mset.task)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            record = {
+                "task": mset.task, "revision": mset.revision, "artifacts": list(mset.artifact_ids),
+                "dirs": {aid: str(a.directory) for aid, a in mset.artifacts.items()},
+                "manifests": {aid: json.loads(a.manifest.model_dump_json()) for aid, a in mset.artifacts.items()},
+            }
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".set-", suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh)
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only cache must not stop serving
+            log.warning("could not record the loaded set for offline start: %s", _one_line(exc))
+
+    def load_from_cache(self, task: str) -> ModelSet:
+        """The last set this service loaded, re-verified from disk (registry down at start)."""
+        path = self.cache_record(task)
+        if not path.is_file():
+            raise NotFound(f"no cached set for {task}/{self.settings.channel} at {path}")
+        record = json.loads(path.read_text())
+        loaded: dict[str, LoadedArtifact] = {}
+        for aid in record["artifacts"]:
+            directory = Path(record["dirs"][aid])
+            local = read_artifact_dir(directory, verify=True)  # sha256 of every file
+            if local.artifact_id != aid:
+                raise IntegrityError(f"cached {directory} holds {local.artifact_id}, expected {aid}")
+            manifest = Manifest.model_validate(record["manifests"][aid])
+            if manifest.artifact_id != aid or manifest.files != local.files:
+                raise IntegrityError(f"cached manifest of {aid} does not match its directory")
+            loaded[aid] = LoadedArtifact(manifest, self._load_generator(directory, manifest, None), directory)
+        return self._make_set(task, record.get("revision"), tuple(record["artifacts"]), loaded, "cache")
+
+    def _make_set(
+        self, task: str, revision: int | None, ids: tuple[str, ...], loaded: dict[str, LoadedArtifact], source: Source,
+        loaded_at: datetime | None = None,
+    ) -> ModelSet:
+        here = tuple(candidate_for(loaded[aid].manifest, self.hardware_tag) for aid in ids)
+        return ModelSet(task, revision, ids, loaded, source, loaded_at or datetime.now(timezone.utc), here)
+
+    # -- swapping -------------------------------------------------------------------------------
+    def _publish(self, task: str, new: ModelSet) -> None:
+        st = self.states[task]
+        old = st.current
+        st.current = new  # the atomic swap: one reference assignment
+        m = self.metrics
+        if old is not None:
+            for aid in old.artifact_ids:
+                m.loaded_artifact.labels(task, aid, old.source).set(0)
+        for aid in new.artifact_ids:
+            m.loaded_artifact.labels(task, aid, new.source).set(1)
+            m.selections.labels(task, aid)
+            m.inference_duration.labels(task, aid)
+            for dc in self.settings.device_classes:
+                m.request_duration.labels(task, dc, aid)
+        m.serving_from_cache.labels(task).set(1 if new.source == "cache" else 0)
+        m.swaps.labels(task).inc()
+        log.info(
+            "serving %s/%s revision %s from %s: %s", task, self.settings.channel, new.revision, new.source,
+            ", ".join(new.artifact_ids),
+        )
+
+    def _fail(self, task: str, what: str, exc: BaseException) -> None:
+        st = self.states[task]
+        st.last_error = f"{what}: {_one_line(exc)}"
+        self.metrics.swap_failures.labels(task, _reason(exc)).inc()
+        keep = f"keeping revision {st.current.revision}" if st.current else "nothing loaded: not ready"
+        log.error("%s %s failed (%s): %s", task, what, keep, _one_line(exc))
+
+    async def refresh(self, task: str) -> None:
+        """One poll step for one task (initial load included)."""
+        st = self.states[task]
+        channel = self.settings.channel
+        try:
+            snap = await anyio.to_thread.run_sync(
+                lambda: self.registry().poll_alias(task, channel, st.seen_etag if st.current else None)
+            )
+        except RegistryError as exc:
+            self.metrics.poll_errors.labels(task).inc()
+            st.last_error = f"poll: {_one_line(exc)}"
+            if st.current is None and isinstance(exc, RegistryUnreachable):
+                await self._try_cache(task, exc)
+            elif st.current is None:
+                log.warning("%s: nothing to load yet, not ready: %s", task, _one_line(exc))
+            else:
+                log.warning("%s: alias poll failed, still serving revision %s: %s", task, st.current.revision, _one_line(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the loop
+            self.metrics.poll_errors.labels(task).inc()
+            st.last_error = f"poll: {_one_line(exc)}"
+            log.exception("%s: alias poll crashed", task)
+            return
+        st.last_success_poll = time.monotonic()
+        if snap is None:
+            return
+        alias = snap.alias
+        st.promoted, st.promoted_revision = list(alias.artifacts), alias.revision
+        cur = st.current
+        if cur is not None and cur.artifact_ids == tuple(alias.artifacts):
+            st.seen_etag = snap.etag
+            if cur.source == "cache" or cur.revision != alias.revision:  # same bytes: re-label, no reload
+                await anyio.to_thread.run_sync(self._write_record, cur)
+                self._publish(task, self._make_set(task, alias.revision, cur.artifact_ids, cur.artifacts, "registry", cur.loaded_at))
+            return
+        log.info("%s: alias revision %s -> loading %s", task, alias.revision, ", ".join(alias.artifacts))
+        try:
+            new = await anyio.to_thread.run_sync(self.load_from_registry, alias, cur)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the old set
+            self._fail(task, f"load of revision {alias.revision}", exc)
+            if not isinstance(exc, RegistryUnreachable):
+                st.seen_etag = snap.etag  # a broken set is not retried until the alias changes again
+            elif st.current is None:
+                await self._try_cache(task, exc)
+            return
+        st.seen_etag = snap.etag
+        st.last_error = None
+        self._publish(task, new)
+
+    async def _try_cache(self, task: str, cause: BaseException) -> None:
+        try:
+            cached = await anyio.to_thread.run_sync(self.load_from_cache, task)
+        except NotFound:
+            log.error("%s: registry unreachable and no cached set: not ready (%s)", task, _one_line(cause))
+            return
+        except Exception as exc:  # noqa: BLE001
+            self._fail(task, "load of the cached set", exc)
+            return
+        log.warning("%s: registry unreachable (%s): serving the verified cached set", task, _one_line(cause))
+        self._publish(task, cached)
+
+    def tick_gauges(self) -> None:
+        now = time.monotonic()
+        for task, st in self.states.items():
+            if st.last_success_poll is not None:
+                self.metrics.since_last_poll.labels(task).set(now - st.last_success_poll)
+
+    async def run_forever(self) -> None:
+        """Initial load, then poll every poll_interval_s (retry_interval_s while not ready)."""
+        while not self._stop.is_set():
+            for task in self.settings.tasks:
+                await self.refresh(task)
+            self.tick_gauges()
+            interval = self.settings.poll_interval_s if self.ready() else min(
+                self.settings.retry_interval_s, self.settings.poll_interval_s
+            )
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _default_registry() -> Any:
+    from registry.client import Registry
+
+    return Registry.from_env()

@@ -1,0 +1,109 @@
+"""Request/response models of the service's HTTP surface (also what /docs.json describes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx of the service: one line, machine-readable reason."""
+
+    error: str = Field(description="one-line human-readable message")
+    reason: str = Field(description="stable machine-readable code, e.g. body_too_large, unknown_task")
+
+
+class TranslateParams(BaseModel):
+    """The form fields of `POST /translate` (the image itself is the `image` file part)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    device_class: str
+    latency_budget_ms: float | None = None
+    output_format: OutputFormat | None = None
+
+
+class ResolveRequest(BaseModel):
+    """`POST /resolve`: which artifact should a client with this hardware download?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    hardware_tag: str
+    latency_budget_ms: float
+    height: int = Field(default=256, ge=1, le=16384)
+    width: int = Field(default=256, ge=1, le=16384)
+
+
+class ArtifactSummary(BaseModel):
+    artifact_id: str
+    task: str
+    method: str
+    family: str
+    channel_config: str | None = None
+    macs: int | None = None
+    params: int | None = None
+    total_bytes: int
+    precision: str
+    model_sha256: str
+    model_bytes: int
+    profiled_tags: list[str]
+
+
+class CandidateOut(BaseModel):
+    artifact_id: str
+    expected_ms: float | None
+    eligible: bool
+    reason: str
+
+
+class ResolveResponse(BaseModel):
+    task: str
+    hardware_tag: str
+    latency_budget_ms: float
+    artifact: ArtifactSummary
+    url: str = Field(description="presigned GET for model.onnx")
+    url_expires_s: int
+    sha256: str = Field(description="sha256 of model.onnx: verify after download")
+    expected_ms: float | None
+    budget_met: bool
+    no_eligible: bool
+    reasons: list[str]
+    candidates: list[CandidateOut]
+
+
+class ObservedOut(BaseModel):
+    count: int
+    ewma_ms_per_mpx: float | None
+    p95_ms_per_mpx: float | None
+
+
+class LoadedArtifactOut(BaseModel):
+    summary: ArtifactSummary
+    profiles: dict[str, list[dict]] = Field(description="hardware tag -> measurements")
+    observed: ObservedOut
+    providers: list[str]
+
+
+class TaskModelsOut(BaseModel):
+    task: str
+    channel: str
+    promoted: list[str] = Field(description="artifact ids in the alias as last read")
+    promoted_revision: int | None
+    loaded: list[LoadedArtifactOut]
+    loaded_revision: int | None
+    source: Literal["registry", "cache", "none"]
+    loaded_at: str | None
+    last_successful_poll_s_ago: float | None
+    last_error: str | None
+
+
+class ModelsResponse(BaseModel):
+    hardware_tag: str
+    worker_pid: int
+    device_classes: dict[str, float]
+    tasks: list[TaskModelsOut]

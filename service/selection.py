@@ -1,0 +1,142 @@
+"""Per-request model selection: a pure function of candidates, observations and the request.
+
+Expected p95 latency of a candidate at H x W:
+
+1. profile-based: the measurement of the candidate's profile for the hardware tag whose pixel
+   count is nearest to H*W, scaled linearly by pixel ratio (`p95 * H*W / (h_m*w_m)`);
+2. observation-based (server-side only): once the service has at least `min_observations`
+   requests for that artifact, its EWMA p95 per megapixel times H*W/1e6;
+3. expected = max(profile-based, observation-based). Taking the max is deliberately
+   conservative: a loaded or slower-than-profiled replica shifts to smaller models, while a
+   replica faster than its profile never promises more than the profile measured.
+
+Eligible = has a profile for the tag and expected <= budget. Choice: the smallest eligible
+(MACs, then bytes, then id for determinism). None eligible: the fastest expected, flagged
+`no_eligible`. Candidates without a profile for the tag are never eligible; if NO candidate has
+one, the smallest is served and flagged.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from registry.manifest import LatencyMeasurement
+
+
+class Candidate(BaseModel):
+    """What selection needs to know about one promoted artifact."""
+
+    artifact_id: str
+    macs: int | None = None
+    total_bytes: int = 0
+    measurements: list[LatencyMeasurement] = Field(
+        default_factory=list, description="profile measurements for the hardware tag in question (empty = unprofiled)"
+    )
+
+
+class Observed(BaseModel):
+    """Latency the service measured for one artifact, normalised per megapixel."""
+
+    count: int = 0
+    p95_ms_per_mpx: float | None = None
+
+
+class SelectionRequest(BaseModel):
+    task: str
+    hardware_tag: str
+    budget_ms: float = Field(gt=0)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    batch: int = Field(default=1, ge=1)
+
+
+class Estimate(BaseModel):
+    artifact_id: str
+    expected_ms: float | None
+    profile_ms: float | None
+    observed_ms: float | None
+    eligible: bool
+    reason: str
+
+
+class Decision(BaseModel):
+    artifact_id: str
+    expected_ms: float | None
+    budget_ms: float
+    no_eligible: bool
+    reasons: list[str]
+    estimates: list[Estimate]
+
+
+class NoCandidates(ValueError):
+    """Selection was asked to choose from an empty set."""
+
+
+def profile_expected_ms(measurements: list[LatencyMeasurement], height: int, width: int, batch: int = 1) -> float | None:
+    """p95 of the nearest-in-pixels measurement, scaled linearly by pixel ratio (None if unprofiled)."""
+    if not measurements:
+        return None
+    same = [m for m in measurements if m.batch == batch] or measurements
+    target = height * width
+    m = min(same, key=lambda m: (abs(m.height * m.width - target), m.batch))
+    return m.p95_ms * target / float(m.height * m.width)
+
+
+def _size_key(c: Candidate) -> tuple[float, int, str]:
+    return (float(c.macs) if c.macs is not None else float("inf"), c.total_bytes, c.artifact_id)
+
+
+def select(
+    candidates: list[Candidate],
+    observed: dict[str, Observed],
+    request: SelectionRequest,
+    *,
+    min_observations: int = 5,
+) -> Decision:
+    """Choose the artifact for one request (see the module docstring for the rule)."""
+    if not candidates:
+        raise NoCandidates(f"no promoted artifacts for task {request.task!r}")
+    mpx = request.height * request.width / 1e6
+    estimates: dict[str, Estimate] = {}
+    for c in candidates:
+        prof = profile_expected_ms(c.measurements, request.height, request.width, request.batch)
+        obs = observed.get(c.artifact_id)
+        obs_ms = (
+            obs.p95_ms_per_mpx * mpx
+            if obs is not None and obs.p95_ms_per_mpx is not None and obs.count >= min_observations
+            else None
+        )
+        if prof is None:
+            estimates[c.artifact_id] = Estimate(
+                artifact_id=c.artifact_id, expected_ms=None, profile_ms=None, observed_ms=obs_ms,
+                eligible=False, reason=f"no profile for {request.hardware_tag}",
+            )
+            continue
+        expected = max(prof, obs_ms) if obs_ms is not None else prof
+        ok = expected <= request.budget_ms
+        estimates[c.artifact_id] = Estimate(
+            artifact_id=c.artifact_id, expected_ms=expected, profile_ms=prof, observed_ms=obs_ms, eligible=ok,
+            reason=f"expected {expected:.1f} ms {'<=' if ok else '>'} budget {request.budget_ms:g} ms",
+        )
+    ordered = sorted(candidates, key=_size_key)
+    eligible = [c for c in ordered if estimates[c.artifact_id].eligible]
+    profiled = [c for c in ordered if estimates[c.artifact_id].expected_ms is not None]
+    if eligible:
+        chosen, no_eligible = eligible[0], False
+        why = f"smallest eligible of {len(eligible)}/{len(candidates)} (MACs, then bytes)"
+    elif profiled:
+        chosen = min(profiled, key=lambda c: (estimates[c.artifact_id].expected_ms, _size_key(c)))
+        no_eligible = True
+        why = f"none within {request.budget_ms:g} ms: fastest expected"
+    else:
+        chosen, no_eligible = ordered[0], True
+        why = f"no candidate profiled on {request.hardware_tag}: smallest"
+    est = estimates[chosen.artifact_id]
+    return Decision(
+        artifact_id=chosen.artifact_id,
+        expected_ms=est.expected_ms,
+        budget_ms=request.budget_ms,
+        no_eligible=no_eligible,
+        reasons=[why, f"{chosen.artifact_id}: {est.reason}"],
+        estimates=[estimates[c.artifact_id] for c in ordered],
+    )

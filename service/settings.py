@@ -1,0 +1,119 @@
+"""Service settings: pydantic-settings from `POCKETGAN_SERVICE_*` env variables (or a YAML file).
+
+`POCKETGAN_SERVICE_CONFIG=/path/service.yaml` loads a YAML file first; env variables override it.
+Lists and dicts in env variables are JSON, e.g.
+`POCKETGAN_SERVICE_TASKS='["facades-label2photo"]'`, `POCKETGAN_SERVICE_DEVICE_CLASSES='{"desktop": 80}'`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from registry.names import validate_name
+
+DEFAULT_DEVICE_CLASSES: dict[str, float] = {"phone-low": 400.0, "phone-high": 150.0, "desktop": 80.0}
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the service needs besides the registry location (that is `RegistrySettings`)."""
+
+    model_config = SettingsConfigDict(env_prefix="POCKETGAN_SERVICE_", extra="ignore")
+
+    tasks: list[str] = Field(default_factory=lambda: ["facades-label2photo"], min_length=1)
+    channel: str = "production"
+    hardware_tag: str | None = Field(default=None, description="tag whose profiles apply here; None = detect")
+    device_classes: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_DEVICE_CLASSES),
+        description="device class -> default latency budget in ms",
+    )
+    min_budget_ms: float = Field(default=1.0, gt=0)
+    max_budget_ms: float = Field(default=60000.0, gt=0)
+    poll_interval_s: float = Field(default=10.0, gt=0)
+    retry_interval_s: float = Field(default=5.0, gt=0, description="start-up retry when nothing is loaded")
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=4096 * 4096, ge=64)
+    max_side: int | None = Field(default=None, ge=16, description="shrink larger inputs before inference")
+    ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+    min_observations: int = Field(default=5, ge=1, description="observations before they correct profiles")
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    inference_threads: int = Field(default=4, ge=1, description="concurrent pre/infer/post jobs per worker")
+    warmup_size: int = Field(default=64, ge=8)
+    resolve_cache_s: float = Field(default=30.0, ge=0)
+    presign_expires_s: int = Field(default=900, ge=60, le=7 * 24 * 3600)
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        return [validate_name(t, "task") for t in v]
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str) -> str:
+        return validate_name(v, "channel")
+
+    @field_validator("device_classes")
+    @classmethod
+    def _classes(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("at least one device class is needed")
+        for name, budget in v.items():
+            validate_name(name, "device class")
+            if budget <= 0:
+                raise ValueError(f"device class {name!r}: budget must be > 0 ms")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ServiceSettings":
+        if self.min_budget_ms >= self.max_budget_ms:
+            raise ValueError("min_budget_ms must be < max_budget_ms")
+        for name, budget in self.device_classes.items():
+            if not self.min_budget_ms <= budget <= self.max_budget_ms:
+                raise ValueError(f"device class {name!r}: default budget {budget} ms outside the budget bounds")
+        return self
+
+    def resolved_hardware_tag(self) -> str:
+        """The configured tag, or the one `registry.runtime` detects for this machine's default provider."""
+        if self.hardware_tag:
+            return validate_name(self.hardware_tag, "hardware tag")
+        from registry.runtime import detect_hardware_tag
+
+        return detect_hardware_tag()
+
+    def budget_buckets_s(self) -> list[float]:
+        """Histogram bucket bounds (seconds): the device-class budgets plus a generic ladder."""
+        ladder = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        return sorted({round(b / 1000.0, 6) for b in self.device_classes.values()} | set(ladder))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Lowest-priority source: the YAML file named by POCKETGAN_SERVICE_CONFIG, if any."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("POCKETGAN_SERVICE_CONFIG")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: service config must be a YAML mapping")
+        return data
