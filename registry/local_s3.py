@@ -239,18 +239,24 @@ def start_local_s3(
 
 
 def _alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie does not count: reaped here if it is our child)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # a zombie child still "exists"; reap it if it is ours
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
+        if done:
+            return False
     except ChildProcessError:
+        pass  # not our child (started by an earlier `pocketgan s3 up`)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
         return True
+    return state not in ("Z", "X")
 
 
 def stop(pid: int, timeout_s: float = 10.0) -> bool:
