@@ -296,9 +296,12 @@ class ModelPool:
             )
         except RegistryError as exc:
             self.metrics.poll_errors.labels(task).inc()
+            repeated = st.last_error == f"poll: {_one_line(exc)}"  # log a persisting failure once, count it always
             st.last_error = f"poll: {_one_line(exc)}"
             if st.current is None and isinstance(exc, RegistryUnreachable):
-                await self._try_cache(task, exc)
+                await self._try_cache(task, exc, quiet=repeated)
+            elif repeated:
+                pass
             elif st.current is None:
                 log.warning("%s: nothing to load yet, not ready: %s", task, _one_line(exc))
             else:
@@ -310,6 +313,8 @@ class ModelPool:
             log.exception("%s: alias poll crashed", task)
             return
         st.last_success_poll = time.monotonic()
+        if st.last_error and st.last_error.startswith("poll:"):
+            st.last_error = None
         if snap is None:
             return
         alias = snap.alias
@@ -335,11 +340,12 @@ class ModelPool:
         st.last_error = None
         self._publish(task, new)
 
-    async def _try_cache(self, task: str, cause: BaseException) -> None:
+    async def _try_cache(self, task: str, cause: BaseException, quiet: bool = False) -> None:
         try:
             cached = await anyio.to_thread.run_sync(self.load_from_cache, task)
         except NotFound:
-            log.error("%s: registry unreachable and no cached set: not ready (%s)", task, _one_line(cause))
+            if not quiet:
+                log.error("%s: registry unreachable and no cached set: not ready, retrying (%s)", task, _one_line(cause))
             return
         except Exception as exc:  # noqa: BLE001
             self._fail(task, "load of the cached set", exc)

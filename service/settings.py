@@ -15,7 +15,16 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from registry.names import validate_name
+from registry.errors import InvalidInput
+from registry.names import validate_name as _validate_name
+
+def validate_name(value: str, kind: str) -> str:
+    """registry's name check as a ValueError, so pydantic reports it as a validation error."""
+    try:
+        return _validate_name(value, kind)
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
 
 DEFAULT_DEVICE_CLASSES: dict[str, float] = {"phone-low": 400.0, "phone-high": 150.0, "desktop": 80.0}
 

@@ -1,0 +1,100 @@
+"""Pure unit tests of the selection rule (service/selection.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.manifest import LatencyMeasurement
+from service.selection import Candidate, NoCandidates, Observed, SelectionRequest, profile_expected_ms, select
+
+
+def meas(h: int, w: int, p95: float) -> LatencyMeasurement:
+    return LatencyMeasurement(height=h, width=w, runs=10, p50_ms=p95 * 0.9, p95_ms=p95, p99_ms=p95 * 1.2, throughput_ips=1.0)
+
+
+def cand(aid: str, macs: int | None, p95_at_256: float | None, nbytes: int = 1000) -> Candidate:
+    return Candidate(
+        artifact_id=aid, macs=macs, total_bytes=nbytes,
+        measurements=[meas(256, 256, p95_at_256)] if p95_at_256 is not None else [],
+    )
+
+
+def req(budget: float, h: int = 256, w: int = 256) -> SelectionRequest:
+    return SelectionRequest(task="t", hardware_tag="cpu-x", budget_ms=budget, height=h, width=w)
+
+
+SMALL, MID, BIG = cand("small", 1_000, 10.0), cand("mid", 5_000, 30.0), cand("big", 20_000, 90.0)
+
+
+def test_smallest_eligible_wins_never_a_larger_one() -> None:
+    for budget in (10.0, 30.0, 100.0, 60000.0):
+        d = select([BIG, MID, SMALL], {}, req(budget))
+        assert d.artifact_id == "small" and not d.no_eligible
+
+
+def test_budget_between_profiles_picks_the_only_fitting_one() -> None:
+    fast_big = cand("fast-big", 20_000, 5.0)  # e.g. a better-optimised graph
+    assert select([SMALL, fast_big], {}, req(20)).artifact_id == "small"
+    d = select([SMALL, fast_big], {}, req(8))
+    assert d.artifact_id == "fast-big" and not d.no_eligible
+
+
+def test_none_eligible_serves_fastest_and_flags() -> None:
+    d = select([BIG, MID], {}, req(1.0))
+    assert d.no_eligible and d.artifact_id == "mid" and d.expected_ms == pytest.approx(30.0)
+
+
+def test_scaling_by_pixels_from_nearest_measurement() -> None:
+    ms = [meas(128, 128, 4.0), meas(512, 512, 100.0)]
+    assert profile_expected_ms(ms, 128, 128) == pytest.approx(4.0)
+    assert profile_expected_ms(ms, 256, 256) == pytest.approx(16.0)  # nearest is 128^2 (|65536-16384| < |65536-262144|)
+    assert profile_expected_ms(ms, 512, 1024) == pytest.approx(200.0)
+    assert profile_expected_ms([], 64, 64) is None
+    # a bigger image pushes the small model out of a budget it met at 256x256
+    assert select([SMALL, MID], {}, req(15, 512, 512)).no_eligible
+
+
+def test_unprofiled_never_eligible_even_if_smallest() -> None:
+    tiny_unprofiled = cand("tiny", 10, None)
+    d = select([tiny_unprofiled, MID], {}, req(100))
+    assert d.artifact_id == "mid" and not d.no_eligible
+    d = select([tiny_unprofiled, MID], {}, req(1))
+    assert d.artifact_id == "mid" and d.no_eligible  # fastest *profiled*, not the unprofiled one
+
+
+def test_no_profiles_at_all_serves_smallest_flagged() -> None:
+    d = select([cand("b", 200, None), cand("a", 100, None, 5)], {}, req(100))
+    assert d.artifact_id == "a" and d.no_eligible and d.expected_ms is None
+
+
+def test_ties_on_macs_broken_by_bytes() -> None:
+    a, b = cand("a", 1000, 10.0, nbytes=900), cand("b", 1000, 10.0, nbytes=500)
+    assert select([a, b], {}, req(50)).artifact_id == "b"
+
+
+def test_observed_latency_corrects_the_profile() -> None:
+    # this replica sees SMALL at p95 40 ms for 256x256 (profile said 10): it no longer fits 30 ms ...
+    slow = {"small": Observed(count=10, p95_ms_per_mpx=40.0 / 0.065536)}
+    d = select([SMALL, MID], slow, req(30))
+    assert d.artifact_id == "mid" and d.estimates[0].observed_ms == pytest.approx(40.0)
+    # ... but still fits 45 ms, where it stays the smallest eligible
+    assert select([SMALL, MID], slow, req(45)).artifact_id == "small"
+    # observed latency also ranks the no-eligible fallback: MID observed 80 ms is still faster than BIG's 90
+    loaded_mid = {"mid": Observed(count=10, p95_ms_per_mpx=80.0 / 0.065536)}
+    d = select([BIG, MID], loaded_mid, req(60))
+    assert d.no_eligible and d.artifact_id == "mid" and d.expected_ms == pytest.approx(80.0)
+
+
+def test_observations_ignored_until_enough_and_never_lower_the_profile() -> None:
+    few = {"small": Observed(count=2, p95_ms_per_mpx=1e6)}
+    assert select([SMALL, MID], few, req(30), min_observations=5).artifact_id == "small"
+    fast = {"mid": Observed(count=50, p95_ms_per_mpx=0.001)}
+    d = select([MID], fast, req(20))
+    assert d.no_eligible and d.expected_ms == pytest.approx(30.0)  # max(profile, observed)
+
+
+def test_empty_and_invalid_requests() -> None:
+    with pytest.raises(NoCandidates):
+        select([], {}, req(10))
+    with pytest.raises(ValueError):
+        SelectionRequest(task="t", hardware_tag="x", budget_ms=-1, height=1, width=1)
