@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from registry.manifest import HardwareProfile, LatencyMeasurement
@@ -124,7 +125,7 @@ def profile_model(
     points = [(h, w, b) for (h, w) in resolutions for b in batches]
     measurements: list[LatencyMeasurement] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress, transient=True) as bar:
+                  disable=not progress, transient=True, console=Console(stderr=True)) as bar:
         for h, w, b in points:
             task = bar.add_task(f"{label or Path(model_path).parent.name} {h}x{w} b{b}", total=runs)
             measurements.append(measure(generator, h, w, batch=b, warmup=warmup, runs=runs, min_time_s=min_time_s,
