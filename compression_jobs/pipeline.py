@@ -370,7 +370,7 @@ def stage_publish(ctx: Context, out: Path) -> dict:
         manifest = read_artifact_dir(folder)
         res = registry.publish_dir(folder)
         for prof in manifest.profiles:
-            registry.add_profile(job.task, manifest.artifact_id, prof)
+            registry.add_profile(manifest.artifact_id, prof, task=job.task)
         published.append({"folder": folder.name, "artifact_id": res.manifest.artifact_id,
                           "created": bool(res.created), "method": manifest.method})
     (out / "published.json").write_text(json.dumps(published, indent=2))

@@ -1,0 +1,144 @@
+"""The tiny GAN Compression config end to end against a real S3 (SeaweedFS), plus resume and failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from compression_jobs.gan_compression.common import load_state
+from compression_jobs.gan_compression.config import load_config
+from compression_jobs.pipeline import STAGE_FUNCS, STAGES, Context, StageFailed, completed_stages, run_pipeline
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("POCKETGAN_NO_PROGRESS", "1")
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_job():
+    return load_config("tiny")
+
+
+@pytest.fixture
+def full_run(tiny_job, registry, tmp_path):
+    """An uninterrupted tiny run, published to a fresh registry prefix."""
+    ctx = Context(tiny_job, tmp_path / "run", registry=registry)
+    run_pipeline(ctx)
+    return ctx
+
+
+def _final_weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    ft = run_dir / "finetune"
+    return {d.name: load_state(d / "net_G.pth") for d in sorted(ft.iterdir()) if d.is_dir()}
+
+
+def test_tiny_end_to_end_publishes_teacher_and_pareto_students(full_run, registry, tmp_path):
+    ctx = full_run
+    assert completed_stages(ctx.run_dir) == list(STAGES)
+    search = json.loads((ctx.run_dir / "search" / "search.json").read_text())
+    budget = search["budget_macs"]
+    assert budget and search["chosen"] and set(search["chosen"]) <= set(search["pareto"])
+    published = json.loads((ctx.run_dir / "publish" / "published.json").read_text())
+    teachers = [p for p in published if p["method"] == "teacher"]
+    students = [p for p in published if p["method"] == "gan-compression"]
+    assert len(teachers) == 1 and len(students) == len(search["chosen"])
+    teacher = registry.get_manifest(teachers[0]["artifact_id"], task=ctx.job.task)
+    assert teacher.quality.ssim_to_ground_truth is not None and teacher.profiles
+    listed = {m.artifact_id for m in registry.list(ctx.job.task)}
+    assert {p["artifact_id"] for p in published} <= listed
+    for p in students:
+        m = registry.get_manifest(p["artifact_id"], task=ctx.job.task)
+        assert m.parent == teacher.artifact_id
+        assert m.architecture.family == "mobile-resnet" and m.architecture.channel_config in search["chosen"]
+        assert m.architecture.macs < teacher.architecture.macs
+        assert m.architecture.macs <= budget  # the search budget holds for what is published
+        q = m.quality
+        assert q.dataset == "facades" and q.split == "test" and q.n_images
+        assert 0 < q.ssim_to_teacher <= 1 and q.psnr_to_teacher > 0
+        assert q.ssim_to_ground_truth is not None and q.psnr_to_ground_truth is not None
+        assert any("FID" in n for n in q.notes) and q.fid is None
+        prof = m.profile(m.profiles[0].hardware_tag)
+        assert prof is not None and prof.measurements[0].p50_ms > 0
+        assert m.job["channel_config"] == m.architecture.channel_config
+    # re-running publish is idempotent: same ids, nothing new created
+    (tmp_path / "again").mkdir()
+    again = STAGE_FUNCS["publish"](ctx, tmp_path / "again")
+    assert {p["artifact_id"] for p in again["published"]} == {p["artifact_id"] for p in published}
+    assert not any(p["created"] for p in again["published"])
+
+
+def test_interrupted_run_resumes_to_the_same_result(full_run, tiny_job, tmp_path, monkeypatch):
+    run_dir = tmp_path / "interrupted"
+    ctx = Context(tiny_job, run_dir)
+    stages = tuple(s for s in STAGES if s not in ("export", "publish"))
+    original = STAGE_FUNCS["train-supernet"]
+
+    def boom(c, out):
+        (out / "partial.bin").write_bytes(b"half a checkpoint")
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setitem(STAGE_FUNCS, "train-supernet", boom)
+    with pytest.raises(StageFailed) as err:
+        run_pipeline(ctx, stages=stages)
+    assert err.value.stage == "train-supernet" and "simulated crash" in str(err.value)
+    assert completed_stages(run_dir) == ["train-teacher", "distill"]
+    assert (run_dir / "distill" / "supernet.pth").is_file()
+    assert not (run_dir / "train-supernet").exists() and not (run_dir / ".train-supernet.tmp").exists()
+
+    monkeypatch.setitem(STAGE_FUNCS, "train-supernet", original)
+    with pytest.raises(RuntimeError, match="--resume"):
+        run_pipeline(ctx, stages=stages)
+    run_pipeline(ctx, resume=True, stages=stages)
+    assert completed_stages(run_dir) == list(stages)
+
+    a, b = _final_weights(full_run.run_dir), _final_weights(run_dir)
+    assert a.keys() == b.keys() and a
+    for cfg in a:
+        for k in a[cfg]:
+            assert torch.equal(a[cfg][k], b[cfg][k]), (cfg, k)
+    sa = json.loads((full_run.run_dir / "search" / "search.json").read_text())
+    sb = json.loads((run_dir / "search" / "search.json").read_text())
+    assert sa["evaluated"] == sb["evaluated"] and sa["chosen"] == sb["chosen"]
+
+
+def test_stage_needs_its_inputs_and_cli_reports_the_stage(tiny_job, tmp_path):
+    from compression_jobs.compress_cli import compress_cli
+
+    runner = CliRunner()
+    res = runner.invoke(compress_cli, ["search", "tiny", "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code != 0
+    assert "stage 'search' failed" in res.output and "train-teacher" in res.output
+    res = runner.invoke(compress_cli, ["run", "tiny", "--run-dir", str(tmp_path / "r2"), "--until", "train-teacher",
+                                       "--set", "teacher.steps=2", "--set", "data.max_train=4"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r2" / "train-teacher" / "latest_net_G.pth").is_file()
+    res = runner.invoke(compress_cli, ["run", "tiny", "--run-dir", str(tmp_path / "r2"), "--until", "train-teacher",
+                                       "--set", "teacher.steps=3"])
+    assert res.exit_code != 0 and "different config" in res.output or "--resume" in res.output
+    res = runner.invoke(compress_cli, ["configs"])
+    assert {"tiny", "small", "full"} <= set(res.output.split())
+
+
+def test_given_teacher_checkpoint_is_adopted_and_bad_one_rejected(tiny_job, tmp_path):
+    from compression_jobs.teacher import build_teacher
+
+    good = tmp_path / "latest_net_G.pth"
+    torch.save(build_teacher(tiny_job.teacher).state_dict(), good)
+    job = load_config("tiny", {"teacher.checkpoint": str(good)})
+    ctx = Context(job, tmp_path / "run")
+    info = run_pipeline(ctx, until="train-teacher")["train-teacher"]
+    assert info["mode"] == "given"
+    assert torch.equal(load_state(ctx.run_dir / "train-teacher" / "latest_net_G.pth")["model.1.weight"],
+                       load_state(good)["model.1.weight"])
+    bad = tmp_path / "bad.pth"
+    torch.save({"model.1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(StageFailed, match="does not fit teacher"):
+        run_pipeline(Context(load_config("tiny", {"teacher.checkpoint": str(bad)}), tmp_path / "run2"))
