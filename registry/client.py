@@ -188,12 +188,13 @@ class Registry:
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise NotFound(f"ONNX file not found: {onnx_path}")
-        stats = onnx_stats(onnx_path)
+        stats = onnx_stats(onnx_path, transposed="published")  # same convention as compression_jobs' manifests
         arch = architecture or Architecture(family="unknown")
         updates: dict[str, Any] = {}
         if arch.macs is None and stats.macs is not None:
             updates["macs"] = stats.macs
             updates["reference_resolution"] = stats.resolution
+            updates["macs_convention"] = stats.macs_convention
         if arch.params is None:
             updates["params"] = stats.params
         if arch.onnx_opset is None:

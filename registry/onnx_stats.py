@@ -1,10 +1,14 @@
 """MACs, parameters and opset read from an ONNX graph, for manifests of bare `model.onnx` files.
 
-Convention (the one GAN Compression publishes; 56.8 G for the CycleGAN ResNet-9 at 256x256):
+Convention (biases, normalisation, activations, padding, resizes: not counted):
 - Conv: output elements x (in_channels / groups) x kH x kW
-- ConvTranspose: input elements x (out_channels / groups) x kH x kW
 - Gemm / MatMul: output elements x inner dimension
-- biases, normalisation, activations, padding, resizes: not counted.
+- ConvTranspose, `transposed="exact"` (default): input elements x (out_channels / groups) x kH x kW,
+  the multiplies actually done; 49.6 G for CycleGAN's ResNet-9 at 256x256.
+- ConvTranspose, `transposed="published"`: output elements x (in_channels / groups) x kH x kW, the
+  torchprofile convention behind GAN Compression's published 56.8 G for the same network. This is
+  what `compression_jobs.counting.count_macs` uses by default and what manifests record, so
+  `Registry.publish_model` asks for it (MACs of different artifacts stay comparable).
 Quantized forms (QLinearConv, ConvInteger, QLinearMatMul, MatMulInteger) count like their float op.
 Shapes come from ONNX shape inference with the input fixed to (1, C, res, res); if any counted
 op's shapes cannot be inferred, MACs are None rather than a wrong number.
@@ -24,6 +28,14 @@ _CONV = {"Conv": (0, 1), "QLinearConv": (0, 3), "ConvInteger": (0, 1)}
 _MATMUL = {"MatMul": (0, 1), "Gemm": (0, 1), "QLinearMatMul": (0, 3), "MatMulInteger": (0, 1)}
 
 
+CONVENTIONS = {
+    "published": "conv/linear: out_elems*in/groups*k*k; convtranspose: out_elems*in/groups*k*k "
+    "(torchprofile, as published); norms, activations, padding, biases not counted",
+    "exact": "conv/linear: out_elems*in/groups*k*k; convtranspose: in_elems*out/groups*k*k; "
+    "norms, activations, padding, biases not counted",
+}
+
+
 class OnnxStats(BaseModel):
     macs: int | None
     params: int
@@ -31,6 +43,7 @@ class OnnxStats(BaseModel):
     input_nc: int | None
     output_nc: int | None
     resolution: int
+    macs_convention: str
 
 
 def _dims(value_info) -> list[int | None]:  # noqa: ANN001 - onnx protobuf
@@ -42,8 +55,10 @@ def _static(dims: list[int | None] | None) -> bool:
     return dims is not None and len(dims) > 0 and all(isinstance(d, int) for d in dims)
 
 
-def onnx_stats(path: Path | str, resolution: int = 256) -> OnnxStats:
-    """Count MACs/params of the ONNX model at `path` (see module docstring for the convention)."""
+def onnx_stats(path: Path | str, resolution: int = 256, *, transposed: str = "exact") -> OnnxStats:
+    """Count MACs/params of the ONNX model at `path` (see module docstring for the conventions)."""
+    if transposed not in CONVENTIONS:
+        raise InvalidInput(f"transposed must be one of {sorted(CONVENTIONS)}, got {transposed!r}")
     import onnx
     from onnx import shape_inference
 
@@ -86,11 +101,14 @@ def onnx_stats(path: Path | str, resolution: int = 256) -> OnnxStats:
         if output_nc is None and g.output:
             od = shapes.get(g.output[0].name)
             output_nc = od[1] if od and len(od) > 1 else None
-        macs = _count_macs(g, shapes)
-    return OnnxStats(macs=macs, params=int(params), opset=opset, input_nc=input_nc, output_nc=output_nc, resolution=resolution)
+        macs = _count_macs(g, shapes, transposed)
+    return OnnxStats(
+        macs=macs, params=int(params), opset=opset, input_nc=input_nc, output_nc=output_nc,
+        resolution=resolution, macs_convention=CONVENTIONS[transposed],
+    )
 
 
-def _count_macs(graph, shapes: dict[str, list[int | None]]) -> int | None:  # noqa: ANN001
+def _count_macs(graph, shapes: dict[str, list[int | None]], transposed: str) -> int | None:  # noqa: ANN001
     total = 0
     for node in graph.node:
         op = node.op_type
@@ -100,11 +118,17 @@ def _count_macs(graph, shapes: dict[str, list[int | None]]) -> int | None:  # no
             if not _static(w):
                 return None
             per_output = math.prod(w[1:])  # (channels / groups) * kH * kW
-            if op == "ConvTranspose":
+            if op == "ConvTranspose" and transposed == "exact":
                 x = shapes.get(node.input[x_idx])
                 if not _static(x):
                     return None
                 total += math.prod(x) * per_output
+            elif op == "ConvTranspose":
+                y = shapes.get(node.output[0])
+                if not _static(y):
+                    return None
+                groups = next((att.i for att in node.attribute if att.name == "group"), 1) or 1
+                total += math.prod(y) * (w[0] // groups) * math.prod(w[2:])
             else:
                 y = shapes.get(node.output[0])
                 if not _static(y):

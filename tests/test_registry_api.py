@@ -385,6 +385,10 @@ def test_onnx_stats_convtranspose_and_gemm(tmp_path: Path) -> None:
     # ConvTranspose: input elements (4*16*16) x out/groups (2) x 4x4; Gemm: 10 outputs x 2048 inner
     assert stats.macs == 4 * 16 * 16 * 2 * 16 + 10 * 2 * 32 * 32
     assert stats.params == 4 * 2 * 16 + 2048 * 10 + 2
+    # published (torchprofile) convention: output elements (2*32*32) x in/groups (4) x 4x4
+    published = onnx_stats(path, resolution=16, transposed="published")
+    assert published.macs == 2 * 32 * 32 * 4 * 16 + 10 * 2 * 32 * 32
+    assert published.macs_convention != stats.macs_convention
     assert stats.input_nc == 4
     with pytest.raises(InvalidInput):
         bad = tmp_path / "bad.onnx"
