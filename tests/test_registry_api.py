@@ -402,3 +402,40 @@ def test_utc_event_keys_sort_by_time(registry: Registry, make_tiny_onnx, s3_serv
     keys = registry.store.list(f"{registry.prefix}/events/facades/")
     assert len(keys) == 2 and keys == sorted(keys)
     assert all(k.rsplit("/", 1)[1][:4] == str(datetime.now(timezone.utc).year) for k in keys)
+
+
+def test_silent_server_times_out_as_unreachable(registry_settings) -> None:
+    """A server that accepts connections but never answers (a fault SeaweedFS cannot produce):
+    bounded read timeout x attempts, then RegistryUnreachable instead of a hang."""
+    import socket
+
+    held: list[socket.socket] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop_flag = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop_flag.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        port = listener.getsockname()[1]
+        silent = Registry(registry_settings.model_copy(update={
+            "s3_endpoint": f"http://127.0.0.1:{port}", "read_timeout_s": 0.5, "max_attempts": 2,
+        }))
+        with pytest.raises(RegistryUnreachable, match=f"127.0.0.1:{port}.*2 attempt"):
+            silent.list()
+        assert len(held) >= 2  # it really retried (standard mode), on a new connection
+    finally:
+        stop_flag.set()
+        t.join(5)
+        for s in held:
+            s.close()
+        listener.close()
