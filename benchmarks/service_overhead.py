@@ -134,7 +134,7 @@ def main() -> None:
     cands = [Candidate(artifact_id=f"{i:016x}", macs=i * 1000, total_bytes=i,
                        measurements=[LatencyMeasurement(height=256, width=256, runs=5, p50_ms=i, p95_ms=i, p99_ms=i,
                                                         throughput_ips=1)]) for i in range(1, 5)]
-    obs = {c.artifact_id: Observed(count=10, p95_ms_per_mpx=3.0) for c in cands}
+    obs = {c.artifact_id: Observed(count=10, p95_ratio=1.5) for c in cands}
     req = SelectionRequest(task=TASK, hardware_tag=TAG, budget_ms=2.5, height=256, width=256)
     t0 = time.perf_counter()
     for _ in range(2000):

@@ -87,7 +87,7 @@ class ModelSet:
 
 
 class Observations:
-    """Per-artifact EWMA of server-side latency per megapixel and of its absolute deviation.
+    """Per-artifact EWMA of actual / profile-expected latency and of its absolute deviation.
 
     p95 ~= ewma + 2 * ewma_abs_dev (for a normal distribution the mean absolute deviation is
     ~0.8 sigma and p95 = mean + 1.645 sigma ~= mean + 2 * MAD). Updated on the event loop only.
@@ -97,8 +97,10 @@ class Observations:
         self.alpha = alpha
         self._s: dict[str, list[float]] = {}  # id -> [count, ewma, ewma_abs_dev]
 
-    def add(self, artifact_id: str, ms: float, pixels: int) -> None:
-        v = ms / max(pixels / 1e6, 1e-9)
+    def add(self, artifact_id: str, actual_ms: float, profile_ms: float | None) -> None:
+        if profile_ms is None or profile_ms <= 0:
+            return  # unprofiled: nothing to correct
+        v = actual_ms / profile_ms
         s = self._s.get(artifact_id)
         if s is None:
             self._s[artifact_id] = [1, v, 0.0]
@@ -112,7 +114,7 @@ class Observations:
         s = self._s.get(artifact_id)
         if s is None:
             return Observed()
-        return Observed(count=int(s[0]), p95_ms_per_mpx=s[1] + 2 * s[2])
+        return Observed(count=int(s[0]), p95_ratio=s[1] + 2 * s[2])
 
     def ewma(self, artifact_id: str) -> float | None:
         s = self._s.get(artifact_id)

@@ -78,8 +78,8 @@ class ResolveResponse(BaseModel):
 
 class ObservedOut(BaseModel):
     count: int
-    ewma_ms_per_mpx: float | None
-    p95_ms_per_mpx: float | None
+    ewma_ratio: float | None = Field(description="EWMA of actual server-side ms / profile-expected ms")
+    p95_ratio: float | None = Field(description="estimated p95 of that ratio (used to correct expectations)")
 
 
 class LoadedArtifactOut(BaseModel):

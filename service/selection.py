@@ -5,10 +5,14 @@ Expected p95 latency of a candidate at H x W:
 1. profile-based: the measurement of the candidate's profile for the hardware tag whose pixel
    count is nearest to H*W, scaled linearly by pixel ratio (`p95 * H*W / (h_m*w_m)`);
 2. observation-based (server-side only): once the service has at least `min_observations`
-   requests for that artifact, its EWMA p95 per megapixel times H*W/1e6;
-3. expected = max(profile-based, observation-based). Taking the max is deliberately
-   conservative: a loaded or slower-than-profiled replica shifts to smaller models, while a
-   replica faster than its profile never promises more than the profile measured.
+   requests for that artifact, profile-based times its observed p95 ratio
+   actual / profile-expected (an EWMA; `actual` is the server-side time the budget is judged
+   on, decode to encode). A ratio, not ms per pixel, so the correction carries across image
+   sizes: fixed costs do not blow up for tiny images, and the profile's size scaling is kept;
+3. expected = max(profile-based, observation-based) = profile-based * max(1, ratio). Taking the
+   max is deliberately conservative: a loaded or slower-than-profiled replica shifts to
+   smaller / faster models, while a replica faster than its profile never promises more than
+   the profile measured.
 
 Eligible = has a profile for the tag and expected <= budget. Choice: the smallest eligible
 (MACs, then bytes, then id for determinism). None eligible: the fastest expected, flagged
@@ -35,10 +39,10 @@ class Candidate(BaseModel):
 
 
 class Observed(BaseModel):
-    """Latency the service measured for one artifact, normalised per megapixel."""
+    """Latency the service measured for one artifact, relative to its profile's expectation."""
 
     count: int = 0
-    p95_ms_per_mpx: float | None = None
+    p95_ratio: float | None = Field(default=None, description="p95 of actual / profile-expected (1 = as profiled)")
 
 
 class SelectionRequest(BaseModel):
@@ -96,14 +100,13 @@ def select(
     """Choose the artifact for one request (see the module docstring for the rule)."""
     if not candidates:
         raise NoCandidates(f"no promoted artifacts for task {request.task!r}")
-    mpx = request.height * request.width / 1e6
     estimates: dict[str, Estimate] = {}
     for c in candidates:
         prof = profile_expected_ms(c.measurements, request.height, request.width, request.batch)
         obs = observed.get(c.artifact_id)
         obs_ms = (
-            obs.p95_ms_per_mpx * mpx
-            if obs is not None and obs.p95_ms_per_mpx is not None and obs.count >= min_observations
+            prof * obs.p95_ratio
+            if prof is not None and obs is not None and obs.p95_ratio is not None and obs.count >= min_observations
             else None
         )
         if prof is None:

@@ -292,7 +292,8 @@ class PocketGAN:
         m.selections.labels(task, decision.artifact_id).inc()
         if decision.no_eligible:
             m.no_eligible.labels(task, device_class).inc()
-        self.pool.observations.add(decision.artifact_id, actual_ms, h * w)
+        chosen = next(e for e in decision.estimates if e.artifact_id == decision.artifact_id)
+        self.pool.observations.add(decision.artifact_id, actual_ms, chosen.profile_ms)
         headers = {
             "X-Pocketgan-Artifact": decision.artifact_id,
             "X-Pocketgan-Expected-Ms": f"{decision.expected_ms:.2f}" if decision.expected_ms is not None else "none",
@@ -389,8 +390,7 @@ class PocketGAN:
                                 p.hardware_tag: [x.model_dump() for x in p.measurements] for p in a.manifest.profiles
                             },
                             observed=ObservedOut(
-                                count=obs.count, ewma_ms_per_mpx=self.pool.observations.ewma(aid),
-                                p95_ms_per_mpx=obs.p95_ms_per_mpx,
+                                count=obs.count, ewma_ratio=self.pool.observations.ewma(aid), p95_ratio=obs.p95_ratio,
                             ),
                             providers=a.generator.providers,
                         )

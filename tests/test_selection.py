@@ -74,21 +74,21 @@ def test_ties_on_macs_broken_by_bytes() -> None:
 
 def test_observed_latency_corrects_the_profile() -> None:
     # this replica sees SMALL at p95 40 ms for 256x256 (profile said 10): it no longer fits 30 ms ...
-    slow = {"small": Observed(count=10, p95_ms_per_mpx=40.0 / 0.065536)}
+    slow = {"small": Observed(count=10, p95_ratio=4.0)}
     d = select([SMALL, MID], slow, req(30))
     assert d.artifact_id == "mid" and d.estimates[0].observed_ms == pytest.approx(40.0)
     # ... but still fits 45 ms, where it stays the smallest eligible
     assert select([SMALL, MID], slow, req(45)).artifact_id == "small"
     # observed latency also ranks the no-eligible fallback: MID observed 80 ms is still faster than BIG's 90
-    loaded_mid = {"mid": Observed(count=10, p95_ms_per_mpx=80.0 / 0.065536)}
+    loaded_mid = {"mid": Observed(count=10, p95_ratio=80.0 / 30.0)}
     d = select([BIG, MID], loaded_mid, req(60))
     assert d.no_eligible and d.artifact_id == "mid" and d.expected_ms == pytest.approx(80.0)
 
 
 def test_observations_ignored_until_enough_and_never_lower_the_profile() -> None:
-    few = {"small": Observed(count=2, p95_ms_per_mpx=1e6)}
+    few = {"small": Observed(count=2, p95_ratio=1e6)}
     assert select([SMALL, MID], few, req(30), min_observations=5).artifact_id == "small"
-    fast = {"mid": Observed(count=50, p95_ms_per_mpx=0.001)}
+    fast = {"mid": Observed(count=50, p95_ratio=0.001)}
     d = select([MID], fast, req(20))
     assert d.no_eligible and d.expected_ms == pytest.approx(30.0)  # max(profile, observed)
 
@@ -98,3 +98,24 @@ def test_empty_and_invalid_requests() -> None:
         select([], {}, req(10))
     with pytest.raises(ValueError):
         SelectionRequest(task="t", hardware_tag="x", budget_ms=-1, height=1, width=1)
+
+
+def test_observed_ratio_carries_across_sizes() -> None:
+    # SMALL observed 2x slower than profiled: at 512x512 the profile says 40 ms, corrected 80 ms
+    slow = {"small": Observed(count=10, p95_ratio=2.0)}
+    d = select([SMALL], slow, req(100, 512, 512))
+    assert d.expected_ms == pytest.approx(80.0) and not d.no_eligible
+    assert select([SMALL], slow, req(70, 512, 512)).no_eligible
+
+
+def test_observations_ewma_and_p95() -> None:
+    from service.pool import Observations
+
+    o = Observations(alpha=0.5)
+    o.add("a", 10.0, None)  # unprofiled: ignored
+    assert o.get("a").count == 0
+    for actual in (20.0, 20.0, 20.0):
+        o.add("a", actual, 10.0)
+    assert o.get("a").count == 3 and o.get("a").p95_ratio == pytest.approx(2.0)
+    o.add("a", 40.0, 10.0)  # a slow one raises both the mean and the spread
+    assert o.ewma("a") == pytest.approx(3.0) and o.get("a").p95_ratio == pytest.approx(3.0 + 2 * 1.0)

@@ -171,6 +171,9 @@ def server(s3_server, tmp_path_factory) -> Iterator[Server]:
         "POCKETGAN_SERVICE_INFERENCE_THREADS": "2",
         "POCKETGAN_SERVICE_WARMUP_SIZE": "32",
         "POCKETGAN_SERVICE_RESOLVE_CACHE_S": "0",
+        # observation correction is unit-tested (test_selection.py); here it is off so a slow CI box
+        # cannot flip the deterministic, profile-driven choices below
+        "POCKETGAN_SERVICE_MIN_OBSERVATIONS": "1000000",
         "OMP_NUM_THREADS": "1",
     })
     port = _free_port()
