@@ -152,7 +152,8 @@ class S3ObjectStore(ObjectStore):
             if code == "NoSuchBucket":
                 raise self._no_bucket() from exc
             if code in ("404", "NoSuchKey", "NotFound") or status == 404:
-                if key is not None and op in ("head", "get") and not self._bucket_exists_quiet():
+                # a bodiless 404 (HEAD) does not say whether the key or the bucket is missing
+                if key is not None and code in ("404", "NotFound") and not self._bucket_exists_quiet():
                     raise self._no_bucket() from exc
                 raise NotFound(f"{op} {where}: not found {at}") from exc
             if code in ("PreconditionFailed", "412") or status == 412:
