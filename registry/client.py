@@ -121,6 +121,9 @@ class Registry:
         """
         artifact_dir = Path(artifact_dir)
         manifest = read_artifact_dir(artifact_dir, verify=True)
+        for entry in manifest.files:
+            if entry.path in (MANIFEST_NAME, RETIRED_NAME) or entry.path.startswith(PROFILES_DIR + "/"):
+                raise InvalidInput(f"{artifact_dir}: file name {entry.path!r} is reserved for registry metadata")
         prefix = self._artifact_prefix(manifest.task, manifest.artifact_id)
         key = prefix + MANIFEST_NAME
         existing = self._existing_manifest(key)

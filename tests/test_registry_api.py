@@ -102,6 +102,16 @@ def test_publish_dir_with_extra_files_and_conflicting_republish(registry: Regist
     with pytest.raises(IntegrityError, match="immutable"):
         registry.publish_dir(art)
 
+    # files may not shadow the registry's own metadata keys
+    reserved = tmp_path / "reserved"
+    (reserved / "profiles").mkdir(parents=True)
+    (reserved / "model.onnx").write_bytes(tiny_onnx.read_bytes())
+    (reserved / "profiles" / "cpu.json").write_text("{}")
+    write_manifest(reserved, build_manifest(reserved, task="other", method="teacher", architecture=Architecture(family="x"),
+                                            extra_files=["profiles/cpu.json"]))
+    with pytest.raises(InvalidInput, match="reserved"):
+        registry.publish_dir(reserved)
+
 
 def test_publish_dir_rehashes_local_files(registry: Registry, tiny_onnx: Path, tmp_path: Path) -> None:
     art = tmp_path / "art"
