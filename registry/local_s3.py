@@ -11,7 +11,6 @@ start become the admin identity, so authentication is on.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
