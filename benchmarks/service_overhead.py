@@ -279,13 +279,14 @@ def main() -> None:
     print(f"load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores "
           "(server-side = X-Pocketgan-Actual-Ms: decode..encode inside the service)")
     print("| C | raw ORT p50/p95/p99 ms | raw img/s | in-process pipeline p50/p95/p99 | pipeline img/s "
-          "| HTTP p50/p95/p99 ms | server-side p50 ms | HTTP img/s | HTTP-raw p50 ms | HTTP/raw throughput | HTTP failures |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| HTTP p50/p95/p99 ms | server-side p50 ms | HTTP img/s | HTTP-raw p50 ms | HTTP-pipeline p50 ms | HTTP/raw throughput | HTTP failures |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in (1, 4, 16):
         r, p, h = results["raw"][c], results["pipeline"][c], results["http"][c]
         f = lambda L: f"{pct(L, 50):.2f} / {pct(L, 95):.2f} / {pct(L, 99):.2f}"  # noqa: E731
-        print(f"| {c} | {f(r[0])} | {r[1]:.1f} | {f(p[0])} | {p[1]:.1f} | {f(h[0])} | {h[1]:.1f} "
-              f"| {pct(h[0], 50) - pct(r[0], 50):+.2f} | {h[1] / r[1]:.2f} | {h[2]} / {len(h[0])} |")
+        print(f"| {c} | {f(r[0])} | {r[1]:.1f} | {f(p[0])} | {p[1]:.1f} | {f(h[0])} | {pct(server_ms.get(c, []), 50):.2f} | {h[1]:.1f} "
+              f"| {pct(h[0], 50) - pct(r[0], 50):+.2f} | {pct(h[0], 50) - pct(p[0], 50):+.2f} | {h[1] / r[1]:.2f} "
+              f"| {h[2]} / {len(h[0])} |")
     print()
     print(f"promotion under load (C=4, {len(served)} requests): status codes {codes}, failures {fails}; "
           f"new set first served {((first_b or float('nan')) - (t_promote or float('nan'))):.2f} s after promote; "
