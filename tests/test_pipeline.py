@@ -27,10 +27,33 @@ def tiny_job():
     return load_config("tiny")
 
 
-@pytest.fixture
-def full_run(tiny_job, registry, tmp_path):
-    """An uninterrupted tiny run, published to a fresh registry prefix."""
-    ctx = Context(tiny_job, tmp_path / "run", registry=registry)
+@pytest.fixture(scope="module")
+def registry(s3_server, tmp_path_factory):
+    """A Registry on a fresh prefix of the session's SeaweedFS, shared by this module's tests."""
+    import uuid
+
+    from registry.client import Registry
+    from registry.config import RegistrySettings
+
+    return Registry(RegistrySettings(
+        registry=f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}",
+        s3_endpoint=s3_server.endpoint,
+        region=s3_server.region,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key,
+        actor="pytest@localhost",
+    ))
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_job, registry, tmp_path_factory):
+    """One uninterrupted tiny run, published to a fresh registry prefix (shared by the tests below)."""
+    import os
+
+    os.environ["POCKETGAN_NO_PROGRESS"] = "1"
+    torch.set_num_threads(1)
+    ctx = Context(tiny_job, tmp_path_factory.mktemp("full") / "run", registry=registry)
     run_pipeline(ctx)
     return ctx
 
@@ -142,3 +165,33 @@ def test_given_teacher_checkpoint_is_adopted_and_bad_one_rejected(tiny_job, tmp_
     torch.save({"model.1.weight": torch.zeros(1)}, bad)
     with pytest.raises(StageFailed, match="does not fit teacher"):
         run_pipeline(Context(load_config("tiny", {"teacher.checkpoint": str(bad)}), tmp_path / "run2"))
+
+
+def test_latency_budget_search_fits_a_measured_latency_model(full_run, tmp_path):
+    from compression_jobs.hardware import resolve_hardware_tag
+    from compression_jobs.pipeline import stage_search
+
+    over = {"search.macs_budget_ratio": None, "search.latency_budget_ms": 1e6, "search.latency_points": 3,
+            "export.profile_runs": 3}
+
+    def search(overrides: dict, name: str) -> dict:
+        # the search stage alone, on the supernet trained by the tiny run
+        ctx = Context(load_config("tiny", {**over, **overrides}), full_run.run_dir)
+        out = tmp_path / name
+        out.mkdir()
+        stage_search(ctx, out)
+        return json.loads((out / "search.json").read_text())
+
+    s = search({}, "loose")
+    lm = s["latency_model"]
+    assert s["hardware_tag"] == resolve_hardware_tag(None, "CPUExecutionProvider")
+    assert len(lm["points"]) == 3 and all(ms > 0 for _, ms in lm["points"])
+    assert all(c["predicted_latency_ms"] is not None for c in s["evaluated"])
+    preds = sorted(c["predicted_latency_ms"] for c in s["evaluated"])
+    if preds[0] < preds[-1]:  # a tighter budget between the smallest and largest predictions
+        budget = (preds[0] + preds[-1]) / 2
+        s2 = search({"search.latency_budget_ms": budget}, "tight")
+        by = {c["config"]: c for c in s2["evaluated"]}
+        assert s2["chosen"] and all(by[c]["predicted_latency_ms"] <= budget for c in s2["chosen"])
+    with pytest.raises(ValueError, match="arm64-android"):
+        search({"search.hardware_tag": "arm64-android"}, "other")
