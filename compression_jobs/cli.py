@@ -133,14 +133,17 @@ def export_cli(teacher: Path | None, arch: str, ngf: int | None, n_blocks: int |
 @click.option("--half", type=click.Choice(("none", "left", "right")), default="none", show_default=True,
               help="Use one half of paired A|B images (facades: right = label map, the label2photo input).")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True)
+@click.option("--calibration-method", type=click.Choice(("percentile", "minmax", "entropy")), default="percentile",
+              show_default=True)
 @click.option("--threads", type=int, default=None)
 def quantize_cli(artifact_dir: Path, calibration_images: Path, out_dir: Path, resolution: int, n_calibration: int,
-                 n_holdout: int, half: str, per_channel: bool, threads: int | None) -> None:
+                 n_holdout: int, half: str, per_channel: bool, calibration_method: str, threads: int | None) -> None:
     """INT8 (QDQ) quantization with calibration on real images, as a new artifact (fp32 untouched)."""
     from compression_jobs.quantize import quantize_artifact
 
     m = quantize_artifact(artifact_dir, calibration_images, out_dir, resolution=resolution, n_calibration=n_calibration,
-                          n_holdout=n_holdout, half=half, per_channel=per_channel, threads=threads)  # type: ignore[arg-type]
+                          n_holdout=n_holdout, half=half, per_channel=per_channel,
+                          calibration_method=calibration_method, threads=threads)  # type: ignore[arg-type]
     click.echo(f"int8 artifact {m.artifact_id} (parent {m.parent}) in {out_dir}: PSNR to fp32 {m.quality.psnr_to_fp32:.2f} dB, "
                f"{m.architecture.file_bytes / 1e6:.2f} MB")
 

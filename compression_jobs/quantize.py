@@ -8,6 +8,8 @@ measured on held-out images (not used for calibration). The fp32 artifact is nev
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import shutil
@@ -27,6 +29,8 @@ from registry.runtime import OnnxGenerator, image_to_tensor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 Half = Literal["none", "left", "right"]
+CalibMethod = Literal["percentile", "minmax", "entropy"]
+_CALIB = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -87,12 +91,16 @@ def quantize_artifact(
     n_holdout: int = 8,
     half: Half = "none",
     per_channel: bool = True,
+    calibration_method: CalibMethod = "percentile",
     threads: int | None = None,
 ) -> Manifest:
     """Quantize ``artifact_dir/model.onnx`` to a new INT8 artifact in `out_dir` (which must be new or empty).
 
     The first `n_holdout` images (in natural file order) are held out for PSNR-to-fp32; up to
-    `n_calibration` of the rest calibrate activation ranges (MinMax). Weights are quantized
+    `n_calibration` of the rest calibrate activation ranges. `calibration_method` defaults to
+    percentile (99.999th, ORT's default for it): on the real vintagify CycleGAN teacher at 128 px
+    it kept 26.6 dB PSNR to fp32 where MinMax gave 23.7 dB (a few outlier activations stretch
+    MinMax ranges; at 256 px MinMax fell to 16 dB). Weights are quantized
     per output channel (`per_channel`), activations to uint8 with zero point (U8S8, the ORT CPU
     recommendation for QDQ).
     """
@@ -131,11 +139,15 @@ def quantize_artifact(
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # ORT logs one "Axis 1 is out-of-range" warning per bias; harmless
+        if calibration_method not in _CALIB:
+            raise InvalidInput(f"calibration method must be one of {', '.join(_CALIB)}")
         try:
-            quantize_static(
-                str(pre), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+                quantize_static(
+                    str(pre), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=_CALIB[calibration_method],
+                )
         finally:
             root.setLevel(level)
     _copy_metadata(src_model, target)
@@ -158,7 +170,7 @@ def quantize_artifact(
         "quantization": {
             "tool": "onnxruntime.quantization.quantize_static",
             "format": "QDQ", "activations": "uint8", "weights": "int8", "per_channel": per_channel,
-            "calibration_method": "MinMax", "calibration_images": len(calib), "holdout_images": len(holdout),
+            "calibration_method": calibration_method, "calibration_images": len(calib), "holdout_images": len(holdout),
             "calibration_dir": str(calibration_images), "resolution": resolution, "half": half,
             "quant_pre_process": preprocessed,
         },
