@@ -35,6 +35,7 @@ TAG = "test-cpu"
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 1.0
 START_TIMEOUT_S = 120.0
+TIMEOUT_S = 4.0
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -165,6 +166,7 @@ def server(s3_server, tmp_path_factory) -> Iterator[Server]:
         "POCKETGAN_SERVICE_RETRY_INTERVAL_S": "0.5",
         "POCKETGAN_SERVICE_WORKERS": "2",
         "POCKETGAN_SERVICE_MAX_CONCURRENCY": "4",
+        "POCKETGAN_SERVICE_TIMEOUT_S": str(TIMEOUT_S),
         "POCKETGAN_SERVICE_MAX_BODY_BYTES": str(256 * 1024),
         "POCKETGAN_SERVICE_MAX_PIXELS": str(512 * 512),
         "POCKETGAN_SERVICE_INTRA_OP_THREADS": "1",
@@ -351,6 +353,29 @@ def test_overload_gives_429_json_never_5xx(server: Server) -> None:
         codes = list(ex.map(one, range(64)))
     assert set(codes) <= {200, 429}, codes
     assert 429 in codes and 200 in codes
+
+
+def test_stalled_upload_times_out_with_504_and_worker_stays_free(server: Server) -> None:
+    """A client that stops sending mid-body (slowloris) gets BentoML's 504 after the traffic timeout."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(
+            b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000\r\n\r\n--b\r\n"
+        )
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < int(
+            re.search(rb"content-length: (\d+)", reply, re.I).group(1) if re.search(rb"content-length: (\d+)", reply, re.I) else 1
+        ):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.decode(errors="replace").partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 504"), head[:200]
+    assert "error" in json.loads(body)
+    with server.client() as c:
+        assert server.translate(c).status_code == 200
 
 
 def test_resolve_presigned_url_matches_sha(server: Server) -> None:
