@@ -25,7 +25,15 @@ from compression_jobs.models.discriminator import PatchGANDiscriminator
 from compression_jobs.models.resnet import ResnetGenerator
 from compression_jobs.models.supernet import supernet
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests share 2 cores with other suites: one intra-op thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,6 @@ def _inception_weights() -> Path | None:
 def test_inception_features_shape_and_fid_zero_on_same_images():
     from compression_jobs.metrics import InceptionFeatures
 
-    torch.set_num_threads(2)
     net = InceptionFeatures(_inception_weights())
     x = _img(3, n=3, size=64)
     f = net(x)
