@@ -127,6 +127,16 @@ def _summary(run_dir: Path) -> None:
     for stage in STAGES:
         rec = state.get("completed", {}).get(stage)
         click.echo(f"{stage:15s} {'done' if rec else '-':5s} {rec['seconds'] if rec else '':>8}")
+    search = run_dir / "search" / "search.json"
+    if "search" in state.get("completed", {}) and search.is_file():
+        data = json.loads(search.read_text())
+        by = {c["config"]: c for c in data["evaluated"]}
+        click.echo(f"Pareto front ({len(data['evaluated'])} sub-networks scored; * = chosen):")
+        for cfg in data["pareto"]:
+            c = by[cfg]
+            lat = f"{c['predicted_latency_ms']:.2f} ms" if c.get("predicted_latency_ms") is not None else "-"
+            click.echo(f"  {'*' if cfg in data['chosen'] else ' '} {cfg:32s} {c['macs'] / 1e9:8.3f} GMACs  "
+                       f"SSIM {c['ssim_to_teacher']:.3f}  PSNR {c['psnr_to_teacher']:.2f}  {lat}")
     pub = state.get("completed", {}).get("publish", {}).get("info", {}).get("published")
     for p in pub or []:
         click.echo(f"published {p['method']:16s} {p['artifact_id']} ({p['folder']})")
