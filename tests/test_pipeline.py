@@ -195,3 +195,30 @@ def test_latency_budget_search_fits_a_measured_latency_model(full_run, tmp_path)
         assert s2["chosen"] and all(by[c]["predicted_latency_ms"] <= budget for c in s2["chosen"])
     with pytest.raises(ValueError, match="arm64-android"):
         search({"search.hardware_tag": "arm64-android"}, "other")
+
+
+def test_unpaired_cyclegan_data_runs_through_finetune(tmp_path):
+    """CycleGAN layout: teacher from trainA/trainB, unconditional D, no ground-truth term."""
+    import random
+
+    from PIL import Image
+
+    rnd = random.Random(1)
+    for split, n in (("train", 6), ("test", 3)):
+        for dom in "AB":
+            for i in range(n):
+                p = tmp_path / "data" / f"{split}{dom}" / f"{dom.lower()}{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                base = (200, 40, 40) if dom == "A" else (40, 40, 200)
+                Image.new("RGB", (40, 40), tuple(min(255, c + rnd.randrange(50)) for c in base)).save(p)
+    job = load_config("tiny", {"data.root": str(tmp_path / "data"), "data.layout": "unpaired", "data.direction": "AtoB",
+                               "data.load_size": 36, "data.crop_size": 32, "data.max_train": None,
+                               "data.max_test": None, "teacher.steps": 4, "distill.steps": 4, "supernet.steps": 4,
+                               "finetune.steps": 2, "search.population": 3, "search.generations": 1,
+                               "search.max_publish": 1})
+    ctx = Context(job, tmp_path / "run")
+    run_pipeline(ctx, until="finetune")
+    info = json.loads((ctx.run_dir / "state.json").read_text())["completed"]
+    assert info["train-teacher"]["info"]["mode"] == "cyclegan"
+    assert info["distill"]["info"]["losses"]["loss_gt"] == 0.0
+    assert len(_final_weights(ctx.run_dir)) == 1
