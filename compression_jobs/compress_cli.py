@@ -34,8 +34,13 @@ def _context(config: str, run_dir: str | None, inception_weights: str | None, ov
         job = load_config(config, parsed)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
-    except ValueError as exc:
-        raise click.ClickException(f"invalid config {config}: {str(exc).splitlines()[0]} …\n{exc}") from exc
+    except ValueError as exc:  # pydantic.ValidationError: report the first problem on one line
+        errors = getattr(exc, "errors", None)
+        if callable(errors) and errors():
+            first = errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ())) or "(root)"
+            raise click.ClickException(f"invalid config {config}: {where}: {first.get('msg')}") from exc
+        raise click.ClickException(f"invalid config {config}: {exc}") from exc
     rd = Path(run_dir) if run_dir else Path("runs") / job.name
     return Context(job, rd, Path(inception_weights) if inception_weights else None)
 
