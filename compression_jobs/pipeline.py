@@ -402,6 +402,7 @@ def run_stage(ctx: Context, stage: str) -> dict:
         raise RuntimeError(f"{ctx.run_dir} was made with a different config ({state['config_digest']} != {digest}); "
                            f"use a new run dir")
     (ctx.run_dir / "config.yaml").write_text(yaml.safe_dump(ctx.job.model_dump(mode="json"), sort_keys=False))
+    threads_before, det_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if ctx.job.threads:
         torch.set_num_threads(ctx.job.threads)
     seed_everything(ctx.job.seed * 100 + STAGES.index(stage), ctx.job.deterministic)
@@ -416,6 +417,9 @@ def run_stage(ctx: Context, stage: str) -> dict:
         if isinstance(exc, (KeyboardInterrupt, StageFailed)):
             raise
         raise StageFailed(stage, exc) from exc
+    finally:  # leave the process as we found it (tests and services share it)
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(det_before)
     final = ctx.stage_dir(stage)
     shutil.rmtree(final, ignore_errors=True)
     tmp.replace(final)
