@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("POCKETGAN_DEBUG")
     try:
-        cli.main(args=argv, prog_name="pocketgan", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="pocketgan", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -83,4 +83,5 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    sys.exit(0)
+    # With standalone_mode=False click returns a command's ctx.exit(code) instead of raising it.
+    sys.exit(rc if isinstance(rc, int) else 0)
