@@ -9,6 +9,10 @@ Expected p95 latency of a candidate at H x W:
    actual / profile-expected (an EWMA; `actual` is the server-side time the budget is judged
    on, decode to encode). A ratio, not ms per pixel, so the correction carries across image
    sizes: fixed costs do not blow up for tiny images, and the profile's size scaling is kept;
+   An artifact with fewer observations borrows the replica-wide ratio (the median of the
+   well-observed artifacts' ratios): load slows every model on a replica, and comparing a
+   corrected estimate with an uncorrected one would make a rarely-used big model look faster
+   than a busy small one;
 3. expected = max(profile-based, observation-based) = profile-based * max(1, ratio). Taking the
    max is deliberately conservative: a loaded or slower-than-profiled replica shifts to
    smaller / faster models, while a replica faster than its profile never promises more than
@@ -90,6 +94,15 @@ def _size_key(c: Candidate) -> tuple[float, int, str]:
     return (float(c.macs) if c.macs is not None else float("inf"), c.total_bytes, c.artifact_id)
 
 
+def _replica_ratio(observed: dict[str, Observed], min_observations: int) -> float | None:
+    """Median actual/profile ratio over the artifacts observed often enough (None if none are)."""
+    ratios = sorted(o.p95_ratio for o in observed.values() if o.p95_ratio is not None and o.count >= min_observations)
+    if not ratios:
+        return None
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+
+
 def select(
     candidates: list[Candidate],
     observed: dict[str, Observed],
@@ -101,14 +114,13 @@ def select(
     if not candidates:
         raise NoCandidates(f"no promoted artifacts for task {request.task!r}")
     estimates: dict[str, Estimate] = {}
+    replica_ratio = _replica_ratio(observed, min_observations)
     for c in candidates:
         prof = profile_expected_ms(c.measurements, request.height, request.width, request.batch)
         obs = observed.get(c.artifact_id)
-        obs_ms = (
-            prof * obs.p95_ratio
-            if prof is not None and obs is not None and obs.p95_ratio is not None and obs.count >= min_observations
-            else None
-        )
+        own = obs is not None and obs.p95_ratio is not None and obs.count >= min_observations
+        ratio = obs.p95_ratio if own else replica_ratio
+        obs_ms = prof * ratio if prof is not None and ratio is not None else None
         if prof is None:
             estimates[c.artifact_id] = Estimate(
                 artifact_id=c.artifact_id, expected_ms=None, profile_ms=None, observed_ms=obs_ms,

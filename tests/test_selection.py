@@ -73,8 +73,9 @@ def test_ties_on_macs_broken_by_bytes() -> None:
 
 
 def test_observed_latency_corrects_the_profile() -> None:
-    # this replica sees SMALL at p95 40 ms for 256x256 (profile said 10): it no longer fits 30 ms ...
-    slow = {"small": Observed(count=10, p95_ratio=4.0)}
+    # this replica sees SMALL at p95 40 ms for 256x256 (profile said 10) while MID runs as profiled:
+    # SMALL no longer fits 30 ms ...
+    slow = {"small": Observed(count=10, p95_ratio=4.0), "mid": Observed(count=10, p95_ratio=1.0)}
     d = select([SMALL, MID], slow, req(30))
     assert d.artifact_id == "mid" and d.estimates[0].observed_ms == pytest.approx(40.0)
     # ... but still fits 45 ms, where it stays the smallest eligible
@@ -83,6 +84,21 @@ def test_observed_latency_corrects_the_profile() -> None:
     loaded_mid = {"mid": Observed(count=10, p95_ratio=80.0 / 30.0)}
     d = select([BIG, MID], loaded_mid, req(60))
     assert d.no_eligible and d.artifact_id == "mid" and d.expected_ms == pytest.approx(80.0)
+
+
+def test_unobserved_artifacts_borrow_the_replica_wide_ratio() -> None:
+    # a loaded replica: SMALL observed at 3x its profile; MID and BIG never ran here. They are slowed
+    # by the same load, so the ranking must not flip to a bigger model that merely lacks observations.
+    loaded = {"small": Observed(count=10, p95_ratio=3.0)}
+    d = select([SMALL, MID, BIG], loaded, req(5))
+    assert d.no_eligible and d.artifact_id == "small"
+    by_id = {e.artifact_id: e for e in d.estimates}
+    assert by_id["mid"].expected_ms == pytest.approx(90.0) and by_id["big"].expected_ms == pytest.approx(270.0)
+    # the replica-wide ratio is the median of the well-observed ratios (robust to one odd model)
+    mixed = {"small": Observed(count=10, p95_ratio=1.0), "mid": Observed(count=10, p95_ratio=2.0),
+             "x": Observed(count=10, p95_ratio=50.0)}
+    assert {e.artifact_id: e for e in select([SMALL, MID, BIG], mixed, req(1000)).estimates}["big"].expected_ms \
+        == pytest.approx(180.0)
 
 
 def test_observations_ignored_until_enough_and_never_lower_the_profile() -> None:
