@@ -1,0 +1,226 @@
+"""Start a real `bentoml serve` of the pocketgan service on a real registry (shared by service tests).
+
+Test data: tiny real ONNX conv generators with *synthetic* latency profiles written through
+`Registry.add_profile`, so selection is deterministic (these numbers are test inputs, not
+measurement claims). `start_service` publishes them, starts the server with nothing promoted,
+records `/readyz` then, promotes the initial set and waits until every worker has loaded it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from conftest import build_tiny_onnx
+
+TASK = "facades-label2photo"
+TAG = "test-cpu"
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_artifact(root: Path, width: int, seed: int, p95_ms: float | None):
+    """A real tiny generator as an artifact dir (+ its synthetic profile for TAG, or None)."""
+    import onnxruntime as ort
+
+    from registry.artifact import build_manifest, write_manifest
+    from registry.manifest import Architecture, HardwareProfile, LatencyMeasurement
+
+    d = root / f"w{width}-s{seed}"
+    build_tiny_onnx(d / "model.onnx", seed=seed, width=width)
+    macs = (width * 3 * 9 + 3 * width * 9) * 256 * 256
+    arch = Architecture(family="tiny-conv", channel_config=str(width), macs=macs, reference_resolution=256)
+    manifest = build_manifest(d, task=TASK, method="teacher", architecture=arch)
+    write_manifest(d, manifest)
+    profile = None
+    if p95_ms is not None:
+        profile = HardwareProfile(
+            hardware_tag=TAG, runtime_version=ort.__version__,
+            measurements=[
+                LatencyMeasurement(height=64, width=64, runs=20, p50_ms=p95_ms * 0.8, p95_ms=p95_ms, p99_ms=p95_ms * 1.1,
+                                   throughput_ips=1000.0 / p95_ms)
+            ],
+        )
+    return d, manifest, profile
+
+
+def png_bytes(w: int = 64, h: int = 48, mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(0)
+    if mode == "RGB":
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
+    elif mode == "RGBA":
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 4), dtype=np.uint8), "RGBA")
+    elif mode == "L":
+        img = Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), "L")
+    elif mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16))
+        assert img.mode.startswith("I;16"), img.mode
+    elif mode == "CMYK":
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB").convert("CMYK")
+    else:
+        raise ValueError(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, registry, s3, artifacts: dict, pre_ready: int):
+        self.url, self.proc, self.log, self.registry, self.s3 = url, proc, log, registry, s3
+        self.artifacts = artifacts
+        self.readyz_before_promotion = pre_ready
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0)
+
+    def translate(self, c: httpx.Client, data: bytes | None = None, **fields) -> httpx.Response:
+        form = {"task": TASK, "device_class": "desktop", **{k: str(v) for k, v in fields.items()}}
+        return c.post("/translate", files={"image": ("x.png", data or png_bytes(), "image/png")}, data=form)
+
+    def metric(self, c: httpx.Client, name: str, **labels: str) -> float:
+        """Sum of samples of `name` whose labels include `labels`."""
+        text = c.get("/metrics").text
+        total, found = 0.0, False
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            m = re.match(r"^(\S+?)(\{(.*)\})? ([0-9.eE+-]+|NaN)$", line)
+            if not m:
+                continue
+            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+            if all(got.get(k) == v for k, v in labels.items()):
+                total += float(m.group(4))
+                found = True
+        if not found:
+            raise AssertionError(f"metric {name}{labels} not in /metrics")
+        return total
+
+    def tail(self) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+        except OSError:
+            return ""
+
+
+def service_env(s3_server, registry_location: str, tmp: Path, poll_s: float, workers: int, timeout_s: float) -> dict[str, str]:
+    """The server's environment: this registry, temp caches and BENTOML_HOME, small limits for tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POCKETGAN_", "BENTOML_"))}
+    env.update(s3_server.env())
+    env.update({
+        "POCKETGAN_REGISTRY": registry_location,
+        "POCKETGAN_CACHE_DIR": str(tmp / "cache-service"),
+        "AWS_CONFIG_FILE": str(tmp / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "POCKETGAN_SERVICE_TASKS": json.dumps([TASK]),
+        "POCKETGAN_SERVICE_HARDWARE_TAG": TAG,
+        "POCKETGAN_SERVICE_POLL_INTERVAL_S": str(poll_s),
+        "POCKETGAN_SERVICE_RETRY_INTERVAL_S": "0.5",
+        "POCKETGAN_SERVICE_WORKERS": str(workers),
+        "POCKETGAN_SERVICE_MAX_CONCURRENCY": "4",
+        "POCKETGAN_SERVICE_TIMEOUT_S": str(timeout_s),
+        "POCKETGAN_SERVICE_MAX_BODY_BYTES": str(256 * 1024),
+        "POCKETGAN_SERVICE_MAX_PIXELS": str(512 * 512),
+        "POCKETGAN_SERVICE_INTRA_OP_THREADS": "1",
+        "POCKETGAN_SERVICE_INFERENCE_THREADS": "2",
+        "POCKETGAN_SERVICE_WARMUP_SIZE": "32",
+        "POCKETGAN_SERVICE_RESOLVE_CACHE_S": "0",
+        "OMP_NUM_THREADS": "1",
+    })
+    return env
+
+
+@contextlib.contextmanager
+def start_service(
+    s3_server, tmp: Path, artifacts: list[tuple[str, int, int, float | None]], promote: list[str], *,
+    poll_s: float = 1.0, workers: int = 2, timeout_s: float = 4.0, env_overrides: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """Publish `artifacts` (name, width, seed, profile p95 ms), serve, promote `promote` (names), wait for every worker.
+
+    The server runs in its own process group and is stopped (SIGTERM, then SIGKILL) on exit.
+    """
+    from registry.client import Registry
+    from registry.config import RegistrySettings
+    from service.cli import serve_command
+
+    prefix = f"svc-{uuid.uuid4().hex[:10]}"
+    settings = RegistrySettings(
+        registry=f"s3://{s3_server.bucket}/{prefix}", s3_endpoint=s3_server.endpoint, region=s3_server.region,
+        cache_dir=tmp / "cache-test", access_key_id=s3_server.access_key, secret_access_key=s3_server.secret_key,
+        actor="pytest@localhost",
+    )
+    registry = Registry(settings)
+    ids = {}
+    for name, width, seed, p95 in artifacts:
+        d, manifest, profile = make_artifact(tmp / "artifacts", width, seed, p95)
+        registry.publish_dir(d)
+        if profile is not None:
+            registry.add_profile(manifest.artifact_id, profile, task=TASK)
+        ids[name] = manifest.artifact_id
+
+    env = service_env(s3_server, settings.registry, tmp, poll_s, workers, timeout_s)
+    env.update(env_overrides or {})
+    port = free_port()
+    log = tmp / "bentoml.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(serve_command(port, "127.0.0.1"), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    srv = Server(url, proc, log, registry, s3_server, ids, pre_ready=-1)
+    try:
+        with httpx.Client(base_url=url, timeout=5.0) as c:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:  # up (livez) but nothing promoted yet
+                if proc.poll() is not None:
+                    raise RuntimeError(f"bentoml serve exited {proc.returncode}:\n{srv.tail()}")
+                try:
+                    if c.get("/livez").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not come up:\n{srv.tail()}")
+                time.sleep(0.3)
+            time.sleep(2 * poll_s)  # at least one poll of the empty alias per worker
+            srv.readyz_before_promotion = c.get("/readyz").status_code
+            registry.promote(TASK, "production", [ids[n] for n in promote], actor="pytest")
+            while c.get("/readyz").status_code != 200:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server never became ready:\n{srv.tail()}")
+                time.sleep(0.3)
+            # every worker loaded: each counts one swap in the aggregated counter
+            while srv.metric(c, "pocketgan_model_swaps_total", task=TASK) < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"a worker never loaded:\n{srv.tail()}")
+                time.sleep(0.3)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
