@@ -15,7 +15,11 @@ STAGE_HELP = {
     "finetune": "Fine-tune the chosen sub-networks with distillation.",
     "export": "Export teacher and students to ONNX, measure quality and latency.",
     "publish": "Publish the teacher and each chosen Pareto point to the registry.",
+    "omgd": "OMGD (method: omgd): wide + deep teachers trained online, one student distilled from them only.",
+    "coevolve": "Co-evolution (method: coevolution): GA over channel codes scored by the teacher's D; compact generator.",
+    "prune-finetune": "Co-evolution: fine-tune the compact (channel-pruned) generator by distillation.",
 }
+"""Stage commands (`pocketgan compress <stage>`); a stage runs only when the config's method has it."""
 
 
 def _context(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...]):
@@ -66,9 +70,11 @@ def _fail(exc: Exception, ctx) -> click.ClickException:
 
 @click.group("compress")
 def compress_cli() -> None:
-    """GAN Compression (Li et al. 2020): teacher → distill → once-for-all supernet → search → fine-tune → publish.
+    """Compression jobs: shared teacher → the config's method → export → publish.
 
-    CONFIG is an embedded config name (tiny, small, full) or a YAML path.
+    Methods (config `method:`): gan-compression (Li et al. 2020: distill → once-for-all supernet →
+    search → fine-tune), omgd (Ren et al. 2021: online multi-granularity distillation, one stage),
+    coevolution. CONFIG is an embedded config name (`pocketgan compress configs`) or a YAML path.
     """
 
 
@@ -126,22 +132,21 @@ def configs_cmd() -> None:
 
 
 def _summary(run_dir: Path) -> None:
-    from compression_jobs.pipeline import STAGES, read_state
+    from compression_jobs.pipeline import MethodUnavailable, get_method, read_state
 
     state = read_state(run_dir)
-    for stage in STAGES:
+    name = state.get("method", "gan-compression")
+    try:
+        method = get_method(name)
+        stages = ("train-teacher", *method.stages, "export", "publish")
+    except MethodUnavailable:
+        method, stages = None, tuple(state.get("completed", {}))
+    click.echo(f"method {name}")
+    for stage in stages:
         rec = state.get("completed", {}).get(stage)
         click.echo(f"{stage:15s} {'done' if rec else '-':5s} {rec['seconds'] if rec else '':>8}")
-    search = run_dir / "search" / "search.json"
-    if "search" in state.get("completed", {}) and search.is_file():
-        data = json.loads(search.read_text())
-        by = {c["config"]: c for c in data["evaluated"]}
-        click.echo(f"Pareto front ({len(data['evaluated'])} sub-networks scored; * = chosen):")
-        for cfg in data["pareto"]:
-            c = by[cfg]
-            lat = f"{c['predicted_latency_ms']:.2f} ms" if c.get("predicted_latency_ms") is not None else "-"
-            click.echo(f"  {'*' if cfg in data['chosen'] else ' '} {cfg:32s} {c['macs'] / 1e9:8.3f} GMACs  "
-                       f"SSIM {c['ssim_to_teacher']:.3f}  PSNR {c['psnr_to_teacher']:.2f}  {lat}")
+    for line in method.summary(run_dir) if method is not None and method.summary else []:
+        click.echo(line)
     pub = state.get("completed", {}).get("publish", {}).get("info", {}).get("published")
     for p in pub or []:
         click.echo(f"published {p['method']:16s} {p['artifact_id']} ({p['folder']})")

@@ -1,4 +1,9 @@
-"""GAN Compression as resumable stages: teacher → distill → supernet → search → finetune → export → publish.
+"""Compression jobs as resumable stages: shared teacher → method stages → shared export → publish.
+
+Every method runs ``train-teacher`` first and ``export``, ``publish`` last (shared: teacher,
+data, held-out evaluation, ONNX export + parity + profile, publishing); the stages in between
+come from the method named by ``job.method`` (a :class:`Method`, see compression_jobs/METHODS.md).
+GAN Compression (built in): distill → train-supernet → search → finetune.
 
 Each stage reads earlier stages' outputs from the run directory, writes its own outputs into a
 temporary folder that is renamed to ``RUN_DIR/<stage>/`` only when the stage succeeds, and is
@@ -12,10 +17,11 @@ computes exactly what an uninterrupted run computes.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +38,11 @@ from compression_jobs.models.mobile import ChannelConfig, MobileResnetGenerator
 from compression_jobs.models.supernet import SuperMobileResnetGenerator, supernet as build_supernet
 from compression_jobs.teacher import D_NAME, G_NAME, build_discriminator, load_teacher, train_teacher
 
-STAGES: tuple[str, ...] = ("train-teacher", "distill", "train-supernet", "search", "finetune", "export", "publish")
+SHARED_HEAD: tuple[str, ...] = ("train-teacher",)
+SHARED_TAIL: tuple[str, ...] = ("export", "publish")
+GAN_COMPRESSION_STAGES: tuple[str, ...] = ("distill", "train-supernet", "search", "finetune")
+STAGES: tuple[str, ...] = SHARED_HEAD + GAN_COMPRESSION_STAGES + SHARED_TAIL
+"""GAN Compression's full stage list (the default method); other methods: :func:`stages_for`."""
 STATE_FILE = "state.json"
 
 
@@ -75,7 +85,14 @@ def read_state(run_dir: Path) -> dict:
 
 
 def completed_stages(run_dir: Path) -> list[str]:
-    return [s for s in STAGES if s in read_state(run_dir).get("completed", {})]
+    """Completed stages in the order of the run's method (recorded in state.json)."""
+    state = read_state(run_dir)
+    done = state.get("completed", {})
+    try:
+        order = stages_for(state.get("method", "gan-compression"))
+    except MethodUnavailable:
+        order = tuple(done)
+    return [s for s in order if s in done]
 
 
 def _write_state(run_dir: Path, state: dict) -> None:
@@ -198,6 +215,14 @@ def _teacher_macs(ctx: Context, teacher: torch.nn.Module) -> int:
     return macs_at(teacher, MACS_RESOLUTION)
 
 
+def macs_budget(job: JobConfig, teacher_macs: int) -> int | None:
+    """The job's MACs budget at 256x256 (search.macs_budget, or the ratio times the teacher's); shared by methods."""
+    s = job.search
+    if s.macs_budget is not None:
+        return int(s.macs_budget)
+    return int(s.macs_budget_ratio * teacher_macs) if s.macs_budget_ratio is not None else None
+
+
 def _provider(job: JobConfig) -> str | None:
     """Profile on CPU for CPU jobs; otherwise let the runtime pick (CUDA when it really works)."""
     return "CPUExecutionProvider" if job.device == "cpu" else None
@@ -249,8 +274,7 @@ def stage_search(ctx: Context, out: Path) -> dict:
     sn.load_state_dict(load_state(ctx.require("train-supernet") / "supernet.pth"))
     sn.eval()
     teacher_macs = _teacher_macs(ctx, teacher)
-    budget_macs = int(s.macs_budget) if s.macs_budget is not None else (
-        int(s.macs_budget_ratio * teacher_macs) if s.macs_budget_ratio is not None else None)
+    budget_macs = macs_budget(job, teacher_macs)
     latency = _fit_latency(ctx, sn, out) if s.latency_budget_ms is not None else None
     with counter_bar("search (sub-networks scored)") as bar:
         result = evolutionary_search(
@@ -319,6 +343,10 @@ def _quality(ctx: Context, model: torch.nn.Module, test: ImageSet, teacher_out: 
     return q
 
 
+ARTIFACTS_FILE = "artifacts.json"
+"""export/artifacts.json: {folder name: artifact id}, teacher first; publish publishes these folders."""
+
+
 def stage_export(ctx: Context, out: Path) -> dict:
     """ONNX export (with parity check), quality metrics and a latency profile for teacher and students."""
     from compression_jobs.export import export_artifact
@@ -344,11 +372,13 @@ def stage_export(ctx: Context, out: Path) -> dict:
     teacher_id = one(teacher, out / "teacher", "teacher", None, _quality(ctx, teacher, test, None),
                      {"role": "teacher"})
     exported["teacher"] = teacher_id
-    ft = ctx.require("finetune")
-    for cfg in progress(_chosen(ctx), len(_chosen(ctx)), "export + profile"):
-        student = _student(job, cfg, ft / cfg / "net_G.pth")
-        exported[cfg] = one(student, out / cfg, "gan-compression", teacher_id,
-                            _quality(ctx, student, test, teacher_out), {"role": "student", "channel_config": cfg})
+    method = get_method(job.method)
+    students = method.students(ctx)
+    for st in progress(students, len(students), "export + profile"):
+        student = st.load()
+        exported[st.name] = one(student, out / st.name, method.name, teacher_id,
+                                _quality(ctx, student, test, teacher_out), {"role": "student", **st.job})
+    (out / ARTIFACTS_FILE).write_text(json.dumps(exported, indent=2))
     return {"artifacts": exported}
 
 
@@ -364,7 +394,8 @@ def stage_publish(ctx: Context, out: Path) -> dict:
         from registry.client import Registry
 
         registry = Registry.from_env()
-    folders = ([exp / "teacher"] if job.publish.publish_teacher else []) + [exp / c for c in _chosen(ctx)]
+    names = [n for n in json.loads((exp / ARTIFACTS_FILE).read_text()) if n != "teacher"]
+    folders = ([exp / "teacher"] if job.publish.publish_teacher else []) + [exp / n for n in names]
     published = []
     for folder in folders:
         manifest = read_artifact_dir(folder)
@@ -377,7 +408,9 @@ def stage_publish(ctx: Context, out: Path) -> dict:
     return {"published": published}
 
 
-STAGE_FUNCS: dict[str, Callable[[Context, Path], dict]] = {
+StageFn = Callable[[Context, Path], dict]
+
+STAGE_FUNCS: dict[str, StageFn] = {
     "train-teacher": stage_train_teacher,
     "distill": stage_distill,
     "train-supernet": stage_train_supernet,
@@ -386,6 +419,97 @@ STAGE_FUNCS: dict[str, Callable[[Context, Path], dict]] = {
     "export": stage_export,
     "publish": stage_publish,
 }
+"""Every known stage by name (methods' stages are added when the method is first loaded)."""
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class Student:
+    """One trained generator a method hands to the shared export stage."""
+
+    name: str  # folder under export/ and name in published.json, e.g. the channel config string
+    load: Callable[[], torch.nn.Module]  # builds the generator and loads its weights (eval mode)
+    job: dict = field(default_factory=dict)  # extra manifest `job` fields, e.g. {"channel_config": ...}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method: its own middle stages between the shared teacher and export/publish."""
+
+    name: str  # the manifest `method` of its students, also the config's `method:` value
+    stages: tuple[str, ...]
+    stage_funcs: dict[str, StageFn]
+    students: Callable[[Context], list[Student]]  # what export exports, read from the method's stage outputs
+    summary: Callable[[Path], list[str]] | None = None  # extra lines for `compress status`
+
+
+class MethodUnavailable(RuntimeError):
+    """The config names a method whose code is not (yet) in this installation."""
+
+
+def _gan_compression_students(ctx: Context) -> list[Student]:
+    ft = ctx.require("finetune")
+    return [Student(cfg, lambda cfg=cfg: _student(ctx.job, cfg, ft / cfg / "net_G.pth"), {"channel_config": cfg})
+            for cfg in _chosen(ctx)]
+
+
+def _gan_compression_summary(run_dir: Path) -> list[str]:
+    search = run_dir / "search" / "search.json"
+    if "search" not in read_state(run_dir).get("completed", {}) or not search.is_file():
+        return []
+    data = json.loads(search.read_text())
+    by = {c["config"]: c for c in data["evaluated"]}
+    lines = [f"Pareto front ({len(data['evaluated'])} sub-networks scored; * = chosen):"]
+    for cfg in data["pareto"]:
+        c = by[cfg]
+        lat = f"{c['predicted_latency_ms']:.2f} ms" if c.get("predicted_latency_ms") is not None else "-"
+        lines.append(f"  {'*' if cfg in data['chosen'] else ' '} {cfg:32s} {c['macs'] / 1e9:8.3f} GMACs  "
+                     f"SSIM {c['ssim_to_teacher']:.3f}  PSNR {c['psnr_to_teacher']:.2f}  {lat}")
+    return lines
+
+
+GAN_COMPRESSION = Method(
+    name="gan-compression",
+    stages=GAN_COMPRESSION_STAGES,
+    stage_funcs={s: STAGE_FUNCS[s] for s in GAN_COMPRESSION_STAGES},
+    students=_gan_compression_students,
+    summary=_gan_compression_summary,
+)
+
+METHOD_MODULES: dict[str, str] = {
+    "omgd": "compression_jobs.omgd.stages",
+    "coevolution": "compression_jobs.coevolution.stages",
+}
+"""Where each pluggable method's `METHOD` object lives (imported on first use)."""
+
+
+def get_method(name: str) -> Method:
+    """The method object for a config's `method:`; registers its stage functions in STAGE_FUNCS."""
+    if name == GAN_COMPRESSION.name:
+        return GAN_COMPRESSION
+    module_name = METHOD_MODULES.get(name)
+    if module_name is None:
+        raise ValueError(f"unknown method {name!r}; methods: {', '.join(['gan-compression', *METHOD_MODULES])}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise MethodUnavailable(f"method {name!r} is not available in this installation "
+                                    f"({module_name} not found)") from exc
+        raise
+    method = getattr(module, "METHOD", None)
+    if not isinstance(method, Method):
+        raise MethodUnavailable(f"method {name!r}: {module_name} defines no METHOD")
+    for stage, fn in method.stage_funcs.items():
+        STAGE_FUNCS.setdefault(stage, fn)  # setdefault: a test's monkeypatch of STAGE_FUNCS stays in force
+    return method
+
+
+def stages_for(method: str) -> tuple[str, ...]:
+    """The full stage list of a method: shared head, its own stages, shared tail."""
+    return SHARED_HEAD + get_method(method).stages + SHARED_TAIL
 
 
 # ----------------------------------------------------------------------------- driver
@@ -393,8 +517,9 @@ STAGE_FUNCS: dict[str, Callable[[Context, Path], dict]] = {
 
 def run_stage(ctx: Context, stage: str) -> dict:
     """Run one stage into a temp folder; on success move it into place and record it in state.json."""
-    if stage not in STAGE_FUNCS:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    stages = stages_for(ctx.job.method)
+    if stage not in stages:
+        raise ValueError(f"unknown stage {stage!r} for method {ctx.job.method!r}; stages: {', '.join(stages)}")
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     state = read_state(ctx.run_dir)
     digest = config_digest(ctx.job)
@@ -405,7 +530,7 @@ def run_stage(ctx: Context, stage: str) -> dict:
     threads_before, det_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if ctx.job.threads:
         torch.set_num_threads(ctx.job.threads)
-    seed_everything(ctx.job.seed * 100 + STAGES.index(stage), ctx.job.deterministic)
+    seed_everything(ctx.job.seed * 100 + stages.index(stage), ctx.job.deterministic)
     tmp = ctx.run_dir / f".{stage}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -424,9 +549,10 @@ def run_stage(ctx: Context, stage: str) -> dict:
     shutil.rmtree(final, ignore_errors=True)
     tmp.replace(final)
     # later stages depend on this one: they are no longer valid
-    later = STAGES[STAGES.index(stage) + 1 :]
+    later = stages[stages.index(stage) + 1 :]
     state = read_state(ctx.run_dir)
     state["config_digest"] = digest
+    state["method"] = ctx.job.method
     state.setdefault("completed", {})
     for s in later:
         state["completed"].pop(s, None)
@@ -436,8 +562,14 @@ def run_stage(ctx: Context, stage: str) -> dict:
 
 
 def run_pipeline(ctx: Context, *, resume: bool = False, until: str | None = None,
-                 stages: tuple[str, ...] = STAGES, echo: Callable[[str], None] = lambda _m: None) -> dict:
-    """Run the stages in order (skipping completed ones with `resume`), stopping after `until`."""
+                 stages: tuple[str, ...] | None = None, echo: Callable[[str], None] = lambda _m: None) -> dict:
+    """Run the stages in order (skipping completed ones with `resume`), stopping after `until`.
+
+    `stages` defaults to the full list of the config's method.
+    """
+    stages = stages_for(ctx.job.method) if stages is None else stages
+    if until is not None and until not in stages:
+        raise ValueError(f"--until {until!r} is not a stage of method {ctx.job.method!r}: {', '.join(stages)}")
     done = set(completed_stages(ctx.run_dir)) if resume else set()
     if not resume and completed_stages(ctx.run_dir):
         raise RuntimeError(f"{ctx.run_dir} already has completed stages {completed_stages(ctx.run_dir)}; "

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compression_jobs.data import DataConfig
 from compression_jobs.losses import GanMode
+from compression_jobs.coevolution.config import CoevolutionConfig
+from compression_jobs.omgd.config import OmgdConfig
 
 
 class _Cfg(BaseModel):
@@ -113,8 +115,18 @@ class PublishConfig(_Cfg):
     publish_teacher: bool = True
 
 
+MethodName = Literal["gan-compression", "omgd", "coevolution"]
+
+
 class JobConfig(_Cfg):
+    """One job. `method` picks the middle stages; teacher/data/eval/export/publish sections are shared.
+
+    Method sections: `distill`/`supernet`/`search`/`finetune` (gan-compression; `search`'s MACs
+    budget is also the budget of the other methods), `omgd`.
+    """
+
     name: str = "gan-compression"
+    method: MethodName = "gan-compression"
     task: str = "facades-label2photo"
     seed: int = 0
     device: str = "cpu"
@@ -127,6 +139,8 @@ class JobConfig(_Cfg):
     supernet: SupernetConfig = Field(default_factory=SupernetConfig)
     search: SearchConfig = Field(default_factory=lambda: SearchConfig(macs_budget_ratio=0.05))
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    omgd: OmgdConfig = Field(default_factory=OmgdConfig)
+    coevolution: CoevolutionConfig = Field(default_factory=CoevolutionConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     inception_weights: str | None = Field(default=None, description="TorchScript Inception for FID/KID")

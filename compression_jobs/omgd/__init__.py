@@ -1,0 +1,1 @@
+"""OMGD: Online Multi-Granularity Distillation for GAN compression (Ren et al., ICCV 2021)."""
