@@ -191,7 +191,7 @@ class Registry:
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise NotFound(f"ONNX file not found: {onnx_path}")
-        stats = onnx_stats(onnx_path, transposed="published")  # same convention as compression_jobs' manifests
+        stats = onnx_stats(onnx_path)  # published convention, as compression_jobs' manifests
         arch = architecture or Architecture(family="unknown")
         updates: dict[str, Any] = {}
         if arch.macs is None and stats.macs is not None:

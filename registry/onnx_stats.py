@@ -3,12 +3,12 @@
 Convention (biases, normalisation, activations, padding, resizes: not counted):
 - Conv: output elements x (in_channels / groups) x kH x kW
 - Gemm / MatMul: output elements x inner dimension
-- ConvTranspose, `transposed="exact"` (default): input elements x (out_channels / groups) x kH x kW,
+- ConvTranspose, `transposed="exact"`: input elements x (out_channels / groups) x kH x kW,
   the multiplies actually done; 49.6 G for CycleGAN's ResNet-9 at 256x256.
-- ConvTranspose, `transposed="published"`: output elements x (in_channels / groups) x kH x kW, the
+- ConvTranspose, `transposed="published"` (default): output elements x (in_channels / groups) x kH x kW, the
   torchprofile convention behind GAN Compression's published 56.8 G for the same network. This is
-  what `compression_jobs.counting.count_macs` uses by default and what manifests record, so
-  `Registry.publish_model` asks for it (MACs of different artifacts stay comparable).
+  what `compression_jobs.counting.count_macs` uses by default and what manifests record (MACs of
+  different artifacts stay comparable).
 Quantized forms (QLinearConv, ConvInteger, QLinearMatMul, MatMulInteger) count like their float op.
 Shapes come from ONNX shape inference with the input fixed to (1, C, res, res); if any counted
 op's shapes cannot be inferred, MACs are None rather than a wrong number.
@@ -55,7 +55,7 @@ def _static(dims: list[int | None] | None) -> bool:
     return dims is not None and len(dims) > 0 and all(isinstance(d, int) for d in dims)
 
 
-def onnx_stats(path: Path | str, resolution: int = 256, *, transposed: str = "exact") -> OnnxStats:
+def onnx_stats(path: Path | str, resolution: int = 256, *, transposed: str = "published") -> OnnxStats:
     """Count MACs/params of the ONNX model at `path` (see module docstring for the conventions)."""
     if transposed not in CONVENTIONS:
         raise InvalidInput(f"transposed must be one of {sorted(CONVENTIONS)}, got {transposed!r}")

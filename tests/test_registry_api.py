@@ -391,12 +391,12 @@ def test_onnx_stats_convtranspose_and_gemm(tmp_path: Path) -> None:
     )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    stats = onnx_stats(path, resolution=16)
+    stats = onnx_stats(path, resolution=16, transposed="exact")
     # ConvTranspose: input elements (4*16*16) x out/groups (2) x 4x4; Gemm: 10 outputs x 2048 inner
     assert stats.macs == 4 * 16 * 16 * 2 * 16 + 10 * 2 * 32 * 32
     assert stats.params == 4 * 2 * 16 + 2048 * 10 + 2
     # published (torchprofile) convention: output elements (2*32*32) x in/groups (4) x 4x4
-    published = onnx_stats(path, resolution=16, transposed="published")
+    published = onnx_stats(path, resolution=16)  # the default: same convention as compression_jobs
     assert published.macs == 2 * 32 * 32 * 4 * 16 + 10 * 2 * 32 * 32
     assert published.macs_convention != stats.macs_convention
     assert stats.input_nc == 4
