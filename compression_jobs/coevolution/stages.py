@@ -1,0 +1,157 @@
+"""`method: coevolution` in the shared pipeline: train-teacher → coevolve → prune-finetune → export → publish.
+
+- ``coevolve``: one population of channel codes for the task's generator (A→B) scored with the
+  teacher's trained discriminator; with unpaired data and a CycleGAN teacher (``latest_net_G_B.pth``,
+  ``latest_net_D_A.pth`` from train-teacher) a second population for B→A, evolved alternately, each
+  scored through the other's current best (cycle consistency). Writes ``coevolve.json`` and the
+  compact (channels removed) generator ``net_G.pth``.
+- ``prune-finetune``: trains the compact generator with the shared distillation objective
+  (``distill`` section's loss weights: L1 + feature maps to the teacher, GAN loss with a D
+  initialised from the teacher's, + ground truth when paired) for ``coevolution.finetune_steps``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from compression_jobs.coevolution.prune import ChannelGroups, PrunedWidths, build_pruned, prune_generator
+from compression_jobs.coevolution.search import Side, coevolve
+from compression_jobs.counting import count_macs, count_params
+from compression_jobs.data import ImageSet, TrainStream
+from compression_jobs.gan_compression.common import counter_bar, load_state, save_state
+from compression_jobs.gan_compression.distill import train_distill
+from compression_jobs.pipeline import (
+    MACS_RESOLUTION,
+    Context,
+    Method,
+    Student,
+    _discriminator,
+    _parts,
+    _teacher,
+)
+from compression_jobs.teacher import D_NAME, build_teacher, load_teacher
+
+SEARCH_FILE = "coevolve.json"
+G_FILE = "net_G.pth"
+G_B_NAME, D_A_NAME = "latest_net_G_B.pth", "latest_net_D_A.pth"  # CycleGAN teacher's second pair
+
+
+def _teacher_d(ctx: Context, path: Path, paired: bool, notes: list[str]) -> torch.nn.Module | None:
+    """The discriminator teacher training produced (conditional when paired), or None if there is none."""
+    if not path.is_file():
+        notes.append(f"no trained discriminator {path.name}: the discriminator-aware term is left out")
+        return None
+    d = _discriminator(ctx.job, paired)
+    d.load_state_dict(load_state(path))
+    return d.eval()
+
+
+def _budget(job, teacher_macs: int) -> int | None:
+    """The job's MACs budget at 256x256 (the same `search` budget every method of a comparison gets)."""
+    s = job.search
+    if s.macs_budget is not None:
+        return int(s.macs_budget)
+    return int(s.macs_budget_ratio * teacher_macs) if s.macs_budget_ratio is not None else None
+
+
+def stage_coevolve(ctx: Context, out: Path) -> dict:
+    job, cfg = ctx.job, ctx.job.coevolution
+    teacher_dir = ctx.require("train-teacher")
+    teacher = _teacher(ctx)
+    train = ImageSet(job.data, "train")
+    x_a, x_b = TrainStream(train, cfg.eval_images, job.seed + 7).batch(0)
+    notes: list[str] = []
+    teacher_macs = count_macs(teacher, MACS_RESOLUTION)
+    weights = cfg.weights(_budget(job, teacher_macs))
+    d_b = _teacher_d(ctx, teacher_dir / D_NAME, train.paired, notes)
+    if d_b is None:
+        weights = weights.model_copy(update={"lambda_dis": 0.0})
+    sides = [Side("AtoB", teacher, d_b, x_a, train.paired, ChannelGroups(teacher, cfg.prune_stream))]
+    if not train.paired:
+        if (teacher_dir / G_B_NAME).is_file() and x_b is not None:
+            g_ba = load_teacher(job.teacher, teacher_dir / G_B_NAME, job.data.output_nc, job.data.input_nc)
+            d_a = _teacher_d(ctx, teacher_dir / D_A_NAME, False, notes)
+            sides.append(Side("BtoA", g_ba, d_a, x_b, False, ChannelGroups(g_ba, cfg.prune_stream)))
+        else:
+            notes.append("unpaired data but no B→A teacher: one population, reconstruction to the teacher instead "
+                         "of cycle consistency")
+    with counter_bar("coevolve (codes scored)") as bar:
+        result = coevolve(sides, cfg.ga(), cfg.generations, weights, seed=job.seed, progress_cb=bar.update)
+    best = result.sides[0]
+    compact = prune_generator(teacher, sides[0].groups.masks(torch.tensor(best.best_code)))
+    save_state(compact, out / G_FILE)
+    cost = {
+        "teacher_macs": teacher_macs, "teacher_params": count_params(teacher),
+        "macs": count_macs(compact, MACS_RESOLUTION), "params": count_params(compact),
+        "macs_resolution": MACS_RESOLUTION, "budget_macs": weights.budget_macs,
+    }
+    cost["within_budget"] = weights.budget_macs is None or cost["macs"] <= weights.budget_macs
+    if not cost["within_budget"]:
+        notes.append(f"best code has {cost['macs']:,} MACs, over the budget {weights.budget_macs:,}: "
+                     f"raise coevolution.budget_penalty or generations")
+    data = {"channel_config": best.channel_config, "result": result.model_dump(), "cost": cost, "notes": notes,
+            "weights": weights.model_dump(), "prune_stream": cfg.prune_stream}
+    (out / SEARCH_FILE).write_text(json.dumps(data, indent=2))
+    return {"channel_config": best.channel_config, "evaluated": result.evaluated, "best": best.best.model_dump(),
+            "macs_reduction": round(cost["teacher_macs"] / cost["macs"], 3), "within_budget": cost["within_budget"],
+            "notes": notes,
+            "history": {s.name: s.history for s in result.sides}}
+
+
+def _searched(ctx: Context) -> tuple[Path, PrunedWidths]:
+    d = ctx.require("coevolve")
+    return d, PrunedWidths.parse(json.loads((d / SEARCH_FILE).read_text())["channel_config"])
+
+
+def _compact(ctx: Context, widths: PrunedWidths, path: Path) -> torch.nn.Module:
+    job = ctx.job
+    net = build_pruned(build_teacher(job.teacher, job.data.input_nc, job.data.output_nc), widths)
+    net.load_state_dict(load_state(path))
+    return net.eval()
+
+
+def stage_prune_finetune(ctx: Context, out: Path) -> dict:
+    job, cfg = ctx.job, ctx.job.coevolution
+    d, widths = _searched(ctx)
+    student = _compact(ctx, widths, d / G_FILE)
+    teacher = _teacher(ctx)
+    train = ImageSet(job.data, "train")
+    parts = _parts(ctx, student, teacher, train, None)
+    log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=cfg.finetune_steps,
+                        lr=cfg.finetune_lr, batch_size=job.distill.batch_size, seed=job.seed + 3,
+                        conditional_d=train.paired, desc=f"prune-finetune {widths}", device=job.device)
+    save_state(student, out / G_FILE)
+    return {"channel_config": str(widths), "steps": cfg.finetune_steps, "losses": log}
+
+
+def _students(ctx: Context) -> list[Student]:
+    _, widths = _searched(ctx)
+    path = ctx.require("prune-finetune") / G_FILE
+    return [Student(str(widths), lambda: _compact(ctx, widths, path),
+                    {"channel_config": str(widths), "pruned_from": "teacher (co-evolutionary channel pruning)"})]
+
+
+def _summary(run_dir: Path) -> list[str]:
+    p = run_dir / "coevolve" / SEARCH_FILE
+    if not p.is_file():
+        return []
+    data = json.loads(p.read_text())
+    c = data["cost"]
+    lines = [f"co-evolution best: {data['channel_config']}  {c['macs'] / 1e9:.3f} GMACs "
+             f"({c['teacher_macs'] / c['macs']:.2f}x fewer), params {c['params']:,} of {c['teacher_params']:,}"]
+    for s in data["result"]["sides"]:
+        h = s["history"]
+        lines.append(f"  {s['name']}: best loss {h[0]:.4f} → {h[-1]:.4f} over {len(h) - 1} generations")
+    return lines
+
+
+METHOD = Method(
+    name="coevolution",
+    stages=("coevolve", "prune-finetune"),
+    stage_funcs={"coevolve": stage_coevolve, "prune-finetune": stage_prune_finetune},
+    students=_students,
+    summary=_summary,
+)
