@@ -23,6 +23,7 @@ SWAP_FAILURE_REASONS = ("integrity", "unreachable", "not_found", "load_error", "
 @dataclass
 class Metrics:
     request_duration: Any
+    expected_duration: Any
     inference_duration: Any
     processing_duration: Any
     budget: Any
@@ -35,6 +36,7 @@ class Metrics:
     poll_errors: Any
     since_last_poll: Any
     rejections: Any
+    device_class_budget: Any
 
     def init_labels(self, tasks: list[str], device_classes: list[str]) -> None:
         """Create zero-valued children so every metric shows up in the first scrape."""
@@ -52,6 +54,11 @@ class Metrics:
         for r in REJECTION_REASONS:
             self.rejections.labels(r)
 
+    def set_budgets(self, device_classes: dict[str, float]) -> None:
+        """Export each device class's default budget (ms in settings, seconds here) for p95-vs-budget alerts."""
+        for dc, ms in device_classes.items():
+            self.device_class_budget.labels(dc).set(ms / 1000.0)
+
 
 _METRICS: Metrics | None = None
 
@@ -67,6 +74,11 @@ def build_metrics(budget_buckets_s: list[float]) -> Metrics:
     _METRICS = Metrics(
         request_duration=pc.Histogram(
             "pocketgan_request_duration_seconds", "Server-side translate time (decode to encode), by chosen artifact",
+            ["task", "device_class", "artifact"], buckets=budget_buckets_s,
+        ),
+        expected_duration=pc.Histogram(
+            "pocketgan_expected_duration_seconds",
+            "Selector's expected (predicted) p95 time of the chosen artifact at the request's size; profiled artifacts only",
             ["task", "device_class", "artifact"], buckets=budget_buckets_s,
         ),
         inference_duration=pc.Histogram(
@@ -102,5 +114,9 @@ def build_metrics(budget_buckets_s: list[float]) -> Metrics:
             ["task"], multiprocess_mode="livemax",
         ),
         rejections=pc.Counter("pocketgan_input_rejections_total", "Requests refused with a 4xx, by reason", ["reason"]),
+        device_class_budget=pc.Gauge(
+            "pocketgan_device_class_budget_seconds", "Configured default latency budget of each device class",
+            ["device_class"], multiprocess_mode="livemax",
+        ),
     )
     return _METRICS

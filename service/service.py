@@ -156,6 +156,7 @@ class PocketGAN:
         self.hardware_tag = self.settings.resolved_hardware_tag()
         self.metrics: Metrics = build_metrics(self.settings.budget_buckets_s())
         self.metrics.init_labels(self.settings.tasks, list(self.settings.device_classes))
+        self.metrics.set_budgets(self.settings.device_classes)
         self.pool = ModelPool(self.settings, self.metrics, self.hardware_tag)
         self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
         self._pool_task: asyncio.Task[None] | None = None
@@ -288,6 +289,8 @@ class PocketGAN:
         met = actual_ms <= budget
         m = self.metrics
         m.request_duration.labels(task, device_class, decision.artifact_id).observe(actual_ms / 1000.0)
+        if decision.expected_ms is not None:
+            m.expected_duration.labels(task, device_class, decision.artifact_id).observe(decision.expected_ms / 1000.0)
         m.budget.labels(task, device_class, "met" if met else "missed").inc()
         m.selections.labels(task, decision.artifact_id).inc()
         if decision.no_eligible:
