@@ -161,9 +161,12 @@ def show_cmd(artifact_id: str, task: str | None, as_json: bool) -> None:
         f"MACs@{a.reference_resolution}={_fmt_macs(a.macs)} params={_fmt_params(a.params)} opset={a.onnx_opset} {a.precision}"
     )
     q = m.quality
+    metrics = {"PSNR/teacher": q.psnr_to_teacher, "SSIM/teacher": q.ssim_to_teacher, "PSNR/truth": q.psnr_to_ground_truth,
+               "SSIM/truth": q.ssim_to_ground_truth, "PSNR/fp32": q.psnr_to_fp32, "FID": q.fid, "KID": q.kid, "LPIPS": q.lpips}
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if v is not None)
     c.print(
-        f"quality: dataset={q.dataset or '-'} split={q.split or '-'} PSNR/teacher={q.psnr_to_teacher} SSIM/teacher={q.ssim_to_teacher}"
-        + (f" notes={'; '.join(q.notes)}" if q.notes else "")
+        f"quality: dataset={q.dataset or '-'} split={q.split or '-'} n={q.n_images or '-'} {shown or '(not measured)'}"
+        + (f"\nnotes: {'; '.join(q.notes)}" if q.notes else "")
     )
     files = Table(title="files")
     for col in ("path", "bytes", "sha256"):
