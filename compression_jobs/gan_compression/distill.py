@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from compression_jobs.data import ImageSet, TrainStream
 from compression_jobs.gan_compression.common import progress
 from compression_jobs.gan_compression.config import DistillConfig
+from compression_jobs.gan_compression.ddp import BatchSync
 from compression_jobs.losses import FeatureMapper, FeatureTap, GANLoss, default_distill_layers
 from compression_jobs.models.mobile import ChannelConfig
 
@@ -90,12 +91,17 @@ def train_distill(
     """Run `steps` distillation steps in place on `parts`; returns the last step's losses.
 
     `sample_config(step)` picks the sub-network for a supernet student (None: use it as is).
+    Under an initialised process group (torchrun) each rank trains on its share of every batch
+    and gradients are averaged over ranks (`ddp.BatchSync`): the same result as one process.
     """
+    sync = BatchSync.current()
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     dev = torch.device(device)
     teacher.to(dev)
+    if sync is not None:
+        parts.discriminator = sync.prepare_discriminator(parts.discriminator, dev)
     student, D, mapper = parts.student.to(dev), parts.discriminator.to(dev), parts.mapper
     if mapper is not None:
         mapper.to(dev)
@@ -112,11 +118,15 @@ def train_distill(
     try:
         for step in progress(range(steps), steps, desc):
             x, gt = stream.batch(step)
+            if sync is not None:
+                x, gt = sync.shard(x), (sync.shard(gt) if gt is not None else None)
             x = x.to(dev)
             gt = gt.to(dev) if gt is not None else None
             with torch.no_grad():
                 t_out = teacher(x)
             config = sample_config(step) if sample_config is not None else None
+            if sync is not None:
+                sync.check_same(config)
             s_out = student(x, config) if config is not None else student(x)
             # discriminator: teacher output is "real", student output "fake"
             opt_d.zero_grad(set_to_none=True)
@@ -124,6 +134,8 @@ def train_distill(
                 gan(D(_cond(x, t_out, conditional_d)), True) + gan(D(_cond(x, s_out.detach(), conditional_d)), False)
             )
             loss_d.backward()
+            if sync is not None:
+                sync.average_gradients(D.parameters())
             opt_d.step()
             # student
             opt_g.zero_grad(set_to_none=True)
@@ -139,9 +151,13 @@ def train_distill(
                 loss_gt = F.l1_loss(s_out, gt)
                 total = total + cfg.lambda_gt * loss_gt
             total.backward()
+            if sync is not None:
+                sync.average_gradients(g_params)
             opt_g.step()
             log = {"loss_d": loss_d.item(), "loss_gan": loss_gan.item(), "loss_recon": loss_recon.item(),
                    "loss_distill": loss_distill.item(), "loss_gt": loss_gt.item()}
+        if sync is not None:
+            log = sync.average_log(log)
     finally:
         for tap in (tap_t, tap_s):
             if tap is not None:
