@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from compression_jobs.coevolution.search import FitnessWeights, Side, coevolve
 from compression_jobs.counting import count_macs, count_params
 from compression_jobs.models.discriminator import PatchGANDiscriminator
 from compression_jobs.models.resnet import ResnetGenerator
+from _unpaired_data import make_unpaired_data
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -150,19 +150,10 @@ def test_unpaired_coevolution_scores_each_side_through_the_others_best():
 
 def test_unpaired_data_evolves_two_populations_in_the_pipeline(tmp_path):
     """CycleGAN layout: the coevolve stage picks up the teacher's second generator and discriminator."""
-    from PIL import Image
-
     from compression_jobs.gan_compression.config import load_config
     from compression_jobs.pipeline import Context, run_pipeline
 
-    rnd = random.Random(1)
-    for split, n in (("train", 6), ("test", 3)):
-        for dom in "AB":
-            for i in range(n):
-                p = tmp_path / "data" / f"{split}{dom}" / f"{dom.lower()}{i}.png"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                base = (200, 40, 40) if dom == "A" else (40, 40, 200)
-                Image.new("RGB", (40, 40), tuple(min(255, c + rnd.randrange(50)) for c in base)).save(p)
+    make_unpaired_data(tmp_path / "data")
     job = load_config("tiny", {"method": "coevolution", "data.root": str(tmp_path / "data"), "data.layout": "unpaired",
                                "data.direction": "AtoB", "data.load_size": 36, "data.crop_size": 32,
                                "data.max_train": None, "data.max_test": None, "teacher.steps": 4,
