@@ -28,7 +28,7 @@ class OmgdConfig(BaseModel):
     lambda_l1: float = Field(default=10.0, description="student: L1 to each teacher's output")
     lambda_ssim: float = Field(default=10.0, description="student: 1 - SSIM to each teacher's output")
     lambda_feature: float = Field(default=1.0, description="student: L1 in each teacher's encoder feature space")
-    lambda_style: float = Field(default=10.0, description="student: Gram-matrix (texture) MSE in that space")
+    lambda_style: float = Field(default=1.0, description="student: Gram-matrix (texture) MSE in that space")
     lambda_tv: float = Field(default=0.01, description="student: total variation of its output")
     lambda_cd: float = Field(default=1.0, description="student: channel-wise distillation from the wide teacher")
     cd_layers: int = Field(default=3, ge=0, description="residual blocks matched by 1x1 mappers for channel-wise KD")
