@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from _service_helpers import REPO, TASK, Server, free_port, start_service
+from _service_helpers import REPO, TASK, Server, free_port, start_service, stop_process_group
 
 PROM_DIR = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "pocketgan-dashboard.json"
@@ -210,13 +208,7 @@ def prometheus_for(tmp_path: Path) -> Iterator:
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc)
 
 
 @pytest.fixture
