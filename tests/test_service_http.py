@@ -256,12 +256,18 @@ def test_promote_swaps_without_restart_or_failed_requests(server: Server) -> Non
                 r = server.translate(c, latency_budget_ms=1000)
                 results.append((r.status_code, r.headers.get("X-Pocketgan-Artifact", "")))
 
+    with server.client() as c:
+        swaps_before = server.metric(c, "pocketgan_model_swaps_total", task=TASK)
     th = threading.Thread(target=loop, daemon=True)
     th.start()
     try:
         _wait_for(lambda: len(results) >= 3, 30, "background requests")
         server.registry.promote(TASK, "production", [other], actor="pytest")
-        # both workers must serve it: wait until the last 10 responses all came from `other`
+        # both workers must have swapped (the aggregated counter grows by one per worker) ...
+        with server.client() as c:
+            _wait_for(lambda: server.metric(c, "pocketgan_model_swaps_total", task=TASK) >= swaps_before + 2,
+                      20 * POLL_S, "both workers swapped")
+        # ... and serve it: the last 10 responses all came from `other`
         _wait_for(lambda: len(results) > 10 and all(a == other for _, a in results[-10:]), 20 * POLL_S, "swap")
     finally:
         stop.set()
