@@ -74,9 +74,9 @@ def _closure(names: set[str]) -> set[str]:
     return seen
 
 
-def _third_party_imports(src: Path) -> dict[str, list[str]]:
+def _third_party_imports(src: Path) -> dict[str, set[str]]:
     """Top-level modules imported anywhere (also inside functions) by the bento's Python files."""
-    found: dict[str, list[str]] = {}
+    found: dict[str, set[str]] = {}
     for path in sorted(src.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
@@ -88,7 +88,7 @@ def _third_party_imports(src: Path) -> dict[str, list[str]]:
             for mod in mods:
                 top = mod.split(".")[0]
                 if top not in sys.stdlib_module_names and top not in LOCAL_PACKAGES and top != "__future__":
-                    found.setdefault(top, []).append(str(path.relative_to(src)))
+                    found.setdefault(top, set()).add(str(path.relative_to(src)))
     return found
 
 

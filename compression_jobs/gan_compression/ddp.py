@@ -9,10 +9,12 @@ Every rank runs the same stage (default ``train-supernet``) on its share of each
   *effective* (global) batch and must be divisible by the number of ranks;
 - channel config: sampled from (seed, step) on every rank, and checked to agree each step;
 - gradients: averaged with one ``all_reduce`` over the full shared tensors after each backward.
-  Why not ``DistributedDataParallel``: a sampled sub-network slices the shared weights, so the
-  parameters outside the slice get an all-zero gradient (not "unused"), and the discriminator
-  runs several forwards per backward, which DDP's reducer does not allow without restructuring
-  the GAN step. A manual average is exact and keeps the one-process training loop unchanged.
+  A sampled sub-network slices the shared weights, so every parameter still takes part in the
+  graph (outside the slice its gradient is exactly zero): nothing is "unused". Measured on 2 CPU
+  ranks (tiny supernet, 6 steps): ``DistributedDataParallel`` with and without
+  ``find_unused_parameters`` gives bit-identical weights to this manual average, with no speed
+  difference measurable on 2 shared cores. The manual average is kept because it leaves the
+  one-process loop and its state dicts as they are (no wrapper, no ``module.`` keys).
 
 Equal-size shards of a mean loss averaged over ranks give the one-process gradient, so N ranks
 compute what one process computes with the same effective batch (up to float rounding), as long
