@@ -31,6 +31,7 @@ from compression_jobs.pipeline import (
     _discriminator,
     _parts,
     _teacher,
+    macs_budget,
 )
 from compression_jobs.teacher import D_NAME, build_teacher, load_teacher
 
@@ -49,14 +50,6 @@ def _teacher_d(ctx: Context, path: Path, paired: bool, notes: list[str]) -> torc
     return d.eval()
 
 
-def _budget(job, teacher_macs: int) -> int | None:
-    """The job's MACs budget at 256x256 (the same `search` budget every method of a comparison gets)."""
-    s = job.search
-    if s.macs_budget is not None:
-        return int(s.macs_budget)
-    return int(s.macs_budget_ratio * teacher_macs) if s.macs_budget_ratio is not None else None
-
-
 def stage_coevolve(ctx: Context, out: Path) -> dict:
     job, cfg = ctx.job, ctx.job.coevolution
     teacher_dir = ctx.require("train-teacher")
@@ -65,7 +58,7 @@ def stage_coevolve(ctx: Context, out: Path) -> dict:
     x_a, x_b = TrainStream(train, cfg.eval_images, job.seed + 7).batch(0)
     notes: list[str] = []
     teacher_macs = count_macs(teacher, MACS_RESOLUTION)
-    weights = cfg.weights(_budget(job, teacher_macs))
+    weights = cfg.weights(macs_budget(job, teacher_macs))
     d_b = _teacher_d(ctx, teacher_dir / D_NAME, train.paired, notes)
     if d_b is None:
         weights = weights.model_copy(update={"lambda_dis": 0.0})
