@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from compression_jobs.report import Series, scatter  # noqa: E402
+from compression_jobs.report import fmt as _fmt  # noqa: E402
 from registry.artifact import read_artifact_dir  # noqa: E402
-
-
-def _fmt(v, spec: str = ".3f") -> str:
-    return "–" if v is None else format(v, spec)
 
 
 def load_run(run_dir: Path) -> tuple[dict, list, dict]:
@@ -73,59 +68,18 @@ def table(manifests: dict) -> tuple[str, list[dict]]:
 
 def plot(search: dict, rows: list[dict], path: Path, size: tuple[int, int] = (900, 600)) -> None:
     """Scatter: x = MACs (log scale), y = SSIM to teacher. Grey: scored in search; blue: Pareto; red: published."""
-    W, H = size
-    ml, mr, mt, mb = 80, 30, 40, 60
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    pts = [(c["macs"], c["ssim_to_teacher"], c["config"]) for c in search["evaluated"] if c["ssim_to_teacher"] is not None]
-    students = [(r["macs"], r["ssim_t"], r["name"]) for r in rows if r["method"] != "teacher" and r["ssim_t"] is not None]
-    teacher_macs = search.get("teacher_macs")
-    xs = [p[0] for p in pts + students] + ([teacher_macs] if teacher_macs else [])
-    ys = [p[1] for p in pts + students] + [1.0]
-    if not xs:
-        img.save(path)
-        return
-    x0, x1 = math.log10(min(xs)) - 0.05, math.log10(max(xs)) + 0.05
-    y0, y1 = max(0.0, min(ys) - 0.05), min(1.0, max(ys) + 0.02)
-
-    def px(macs: float, ssim: float) -> tuple[float, float]:
-        x = ml + (math.log10(macs) - x0) / (x1 - x0) * (W - ml - mr)
-        y = H - mb - (ssim - y0) / max(1e-9, (y1 - y0)) * (H - mt - mb)
-        return x, y
-
-    d.rectangle([ml, mt, W - mr, H - mb], outline="black")
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        _, y = px(10**x0, yv)
-        d.line([ml - 4, y, ml, y], fill="black")
-        d.text((8, y - 6), f"{yv:.3f}", fill="black")
-    for e in range(int(math.floor(x0)), int(math.ceil(x1)) + 1):
-        for m in (1, 2, 5):
-            v = m * 10**e
-            if x0 <= math.log10(v) <= x1:
-                x, _ = px(v, y0)
-                d.line([x, H - mb, x, H - mb + 4], fill="black")
-                d.text((x - 14, H - mb + 8), f"{v / 1e9:g}G", fill="black")
-    d.text((W // 2 - 90, H - 25), "MACs per image @256x256 (log)", fill="black")
-    d.text((ml, 12), "SSIM to teacher on held-out images  (grey: searched, blue: Pareto, red: published)", fill="black")
     pareto = set(search.get("pareto", []))
-    for macs, ssim, cfg in pts:
-        x, y = px(macs, ssim)
-        col = (40, 90, 220) if cfg in pareto else (170, 170, 170)
-        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
-    for macs, ssim, name in students:
-        x, y = px(macs, ssim)
-        d.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(220, 30, 30), width=2)
-    if teacher_macs:
-        x, y = px(teacher_macs, 1.0)
-        d.rectangle([x - 5, y - 5, x + 5, y + 5], fill=(0, 0, 0))
-        d.text((x - 50, y + 8), "teacher", fill="black")
-    budget = search.get("budget_macs")
-    if budget:
-        x, _ = px(budget, y0)
-        d.line([x, mt, x, H - mb], fill=(0, 150, 0), width=1)
-        d.text((x + 3, mt + 3), "budget", fill=(0, 150, 0))
-    img.save(path)
+    evaluated = [(c["macs"], c["ssim_to_teacher"], c["config"]) for c in search["evaluated"]
+                 if c["ssim_to_teacher"] is not None]
+    scatter(
+        [Series("searched", (170, 170, 170), [p for p in evaluated if p[2] not in pareto]),
+         Series("Pareto", (40, 90, 220), [p for p in evaluated if p[2] in pareto]),
+         Series("published", (220, 30, 30), [(r["macs"], r["ssim_t"], r["name"]) for r in rows
+                                             if r["method"] != "teacher" and r["ssim_t"] is not None],
+                radius=6, ring=True)],
+        path, title="SSIM to teacher on held-out images  (grey: searched, blue: Pareto, red: published)",
+        teacher_macs=search.get("teacher_macs"), budget_macs=search.get("budget_macs"), size=size,
+    )
 
 
 def main() -> None:

@@ -115,6 +115,31 @@ for _stage in STAGE_HELP:
     compress_cli.add_command(_stage_command(_stage))
 
 
+@compress_cli.command("compare")
+@_common
+@click.option("--methods", default="gan-compression,omgd,coevolution", show_default=True,
+              help="Comma-separated methods to compare (unavailable ones are listed as such).")
+def compare_cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...],
+                methods: str) -> None:
+    """Every method on one teacher (trained once), data and MACs budget; INT8 of each winner; report + plot.
+
+    Results go to RUN_DIR (default runs/<name>-compare): one run dir per method, int8/, report.md,
+    pareto.png. Re-running continues where it stopped. Publishes every method's points.
+    """
+    from compression_jobs.compare import run_compare
+
+    ctx = _context(config, run_dir, inception_weights, overrides)
+    root = Path(run_dir) if run_dir else Path("runs") / f"{ctx.job.name}-compare"
+    try:
+        result = run_compare(ctx.job, root, inception_weights=ctx.inception_weights,
+                             methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                             echo=lambda m: click.echo(m, err=True))
+    except Exception as exc:  # noqa: BLE001 - one line, with where the partial results are
+        raise click.ClickException(f"{exc}\n  partial results kept in {root}; rerun the same command to continue") from exc
+    click.echo((root / "report.md").read_text())
+    click.echo(f"wrote {root / 'report.md'} and {root / 'pareto.png'}; published {len(result.published)} artifacts")
+
+
 @compress_cli.command("status")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def status_cmd(run_dir: str) -> None:

@@ -343,6 +343,19 @@ def _quality(ctx: Context, model: torch.nn.Module, test: ImageSet, teacher_out: 
     return q
 
 
+def add_profile(job: JobConfig, folder: Path, manifest):  # noqa: ANN201 - registry.manifest.Manifest
+    """Measure the artifact's latency on this machine at the export resolution; rewrite its manifest."""
+    from compression_jobs.profiling import profile_model
+    from registry.artifact import write_manifest
+
+    r = job.export.resolution
+    prof = profile_model(folder / manifest.model_file, resolutions=[(r, r)], runs=job.export.profile_runs,
+                         threads=job.export.profile_threads, provider=_provider(job), progress=False)
+    manifest = manifest.with_profile(prof)
+    write_manifest(folder, manifest)
+    return manifest
+
+
 ARTIFACTS_FILE = "artifacts.json"
 """export/artifacts.json: {folder name: artifact id}, teacher first; publish publishes these folders."""
 
@@ -350,8 +363,6 @@ ARTIFACTS_FILE = "artifacts.json"
 def stage_export(ctx: Context, out: Path) -> dict:
     """ONNX export (with parity check), quality metrics and a latency profile for teacher and students."""
     from compression_jobs.export import export_artifact
-    from compression_jobs.profiling import profile_model
-    from registry.artifact import write_manifest
 
     job = ctx.job
     test, teacher_out, teacher = _held_out(ctx)
@@ -363,10 +374,7 @@ def stage_export(ctx: Context, out: Path) -> dict:
         manifest = export_artifact(model, folder, task=job.task, method=method, parent=parent, quality=quality,
                                    job={**job_info, **extra}, opset=job.export.opset, resolution=r)
         if job.export.profile:
-            prof = profile_model(folder / manifest.model_file, resolutions=[(r, r)], runs=job.export.profile_runs,
-                                 threads=job.export.profile_threads, provider=_provider(job), progress=False)
-            manifest = manifest.with_profile(prof)
-            write_manifest(folder, manifest)
+            manifest = add_profile(job, folder, manifest)
         return manifest.artifact_id
 
     teacher_id = one(teacher, out / "teacher", "teacher", None, _quality(ctx, teacher, test, None),
@@ -383,29 +391,35 @@ def stage_export(ctx: Context, out: Path) -> dict:
 
 
 def stage_publish(ctx: Context, out: Path) -> dict:
-    from registry.artifact import read_artifact_dir
-
     job = ctx.job
     exp = ctx.require("export")
     if not job.publish.enabled:
         return {"published": [], "note": "publishing disabled in config"}
+    names = [n for n in json.loads((exp / ARTIFACTS_FILE).read_text()) if n != "teacher"]
+    folders = ([exp / "teacher"] if job.publish.publish_teacher else []) + [exp / n for n in names]
+    published = publish_folders(ctx, folders)
+    (out / "published.json").write_text(json.dumps(published, indent=2))
+    return {"published": published}
+
+
+def publish_folders(ctx: Context, folders: list[Path]) -> list[dict]:
+    """Publish artifact folders (idempotent: same bytes, same id) with their profiles."""
+    from registry.artifact import read_artifact_dir
+
     registry = ctx.registry
     if registry is None:
         from registry.client import Registry
 
         registry = Registry.from_env()
-    names = [n for n in json.loads((exp / ARTIFACTS_FILE).read_text()) if n != "teacher"]
-    folders = ([exp / "teacher"] if job.publish.publish_teacher else []) + [exp / n for n in names]
     published = []
     for folder in folders:
         manifest = read_artifact_dir(folder)
         res = registry.publish_dir(folder)
         for prof in manifest.profiles:
-            registry.add_profile(manifest.artifact_id, prof, task=job.task)
+            registry.add_profile(manifest.artifact_id, prof, task=ctx.job.task)
         published.append({"folder": folder.name, "artifact_id": res.manifest.artifact_id,
                           "created": bool(res.created), "method": manifest.method})
-    (out / "published.json").write_text(json.dumps(published, indent=2))
-    return {"published": published}
+    return published
 
 
 StageFn = Callable[[Context, Path], dict]
@@ -559,6 +573,25 @@ def run_stage(ctx: Context, stage: str) -> dict:
     state["completed"][stage] = {"seconds": round(time.time() - started, 2), "info": info}
     _write_state(ctx.run_dir, state)
     return info
+
+
+def adopt_stage(src_run: Path, ctx: Context, stage: str) -> None:
+    """Reuse another run's completed stage (e.g. one teacher for every method of a comparison):
+    copy its folder and record it as completed here, marked `shared_from`."""
+    src = read_state(src_run).get("completed", {}).get(stage)
+    if src is None:
+        raise RuntimeError(f"{src_run} has not completed stage {stage!r}")
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    state = read_state(ctx.run_dir)
+    digest = config_digest(ctx.job)
+    if state.get("completed"):
+        raise RuntimeError(f"{ctx.run_dir} already has completed stages; adopt only into a fresh run dir")
+    shutil.rmtree(ctx.stage_dir(stage), ignore_errors=True)
+    shutil.copytree(src_run / stage, ctx.stage_dir(stage))
+    (ctx.run_dir / "config.yaml").write_text(yaml.safe_dump(ctx.job.model_dump(mode="json"), sort_keys=False))
+    info = {**src.get("info", {}), "shared_from": str(src_run)}
+    _write_state(ctx.run_dir, {"config_digest": digest, "method": ctx.job.method,
+                               "completed": {stage: {"seconds": 0.0, "info": info}}})
 
 
 def run_pipeline(ctx: Context, *, resume: bool = False, until: str | None = None,

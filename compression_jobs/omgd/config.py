@@ -21,8 +21,9 @@ class OmgdConfig(BaseModel):
     channel_config: str | None = Field(default=None, description=(
         "student widths (8 widths, e.g. 8_16_32_8_8_8_16_8); None: the widest uniform-multiplier config of the "
         "student space whose MACs fit search.macs_budget / macs_budget_ratio"))
-    wide_ngf: int | None = Field(default=None, ge=8, description="wide teacher's base width; None: 2 x student.ngf")
-    deep_ngf: int | None = Field(default=None, ge=8, description="deep teacher's base width; None: student.ngf")
+    wide_ngf: int | None = Field(default=None, ge=8, description=(
+        "wide teacher's base width (student depth); None: student.ngf, the space's full width"))
+    deep_ngf: int | None = Field(default=None, ge=4, description="deep teacher's base width; None: student.ngf / 2")
     deep_n_blocks: int | None = Field(default=None, ge=1, description="deep teacher's blocks; None: 2 x student.n_blocks")
     lambda_teacher_l1: float = Field(default=100.0, description="teachers: L1 to ground truth (pix2pix)")
     lambda_l1: float = Field(default=10.0, description="student: L1 to each teacher's output")

@@ -74,8 +74,9 @@ def choose_student(job: JobConfig, teacher_macs: int) -> tuple[ChannelConfig, in
 def teachers(job: JobConfig) -> tuple[ResnetGenerator, ResnetGenerator]:
     """The wide teacher (student depth, more channels) and the deep teacher (student width, more blocks)."""
     o, st, d = job.omgd, job.student, job.data
-    wide = ResnetGenerator(d.input_nc, d.output_nc, ngf=o.wide_ngf or 2 * st.ngf, n_blocks=st.n_blocks)
-    deep = ResnetGenerator(d.input_nc, d.output_nc, ngf=o.deep_ngf or st.ngf, n_blocks=o.deep_n_blocks or 2 * st.n_blocks)
+    wide = ResnetGenerator(d.input_nc, d.output_nc, ngf=o.wide_ngf or st.ngf, n_blocks=st.n_blocks)
+    deep = ResnetGenerator(d.input_nc, d.output_nc, ngf=o.deep_ngf or max(4, st.ngf // 2),
+                           n_blocks=o.deep_n_blocks or 2 * st.n_blocks)
     return wide, deep
 
 
