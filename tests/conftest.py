@@ -119,6 +119,17 @@ def registry_env(s3_server: LocalS3Handle, registry_settings, tmp_path: Path) ->
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread for the test: tests share 2 cores, and two threads stall small convolutions."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def make_tiny_onnx(tmp_path: Path) -> Callable[..., Path]:
     def make(path: Path | None = None, seed: int = 0, width: int = 8) -> Path:
         target = path or tmp_path / f"tiny-{seed}-{width}" / "model.onnx"

@@ -16,16 +16,7 @@ from compression_jobs.omgd.distill import OnlineDistiller, TeacherOutputs, chann
 from compression_jobs.omgd.stages import choose_student, new_student, teachers, uniform_configs
 from compression_jobs.pipeline import _discriminator
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: two threads on a shared 2-core machine stall small convolutions."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_thread")]
 
 
 class CheatingDistiller(OnlineDistiller):
