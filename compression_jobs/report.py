@@ -75,7 +75,7 @@ def scatter(series: list[Series], path: Path, *, title: str, teacher_macs: float
                 d.ellipse([x - r, y - r, x + r, y + r], fill=s.color)
             if s.labels:
                 d.text((x + r + 3, y - 6), label, fill=s.color)
-    legend_y = mt + 6
+    legend_y = H - mb - 6 - 14 * sum(1 for s in series if s.points)  # bottom right: the teacher sits top right
     for s in series:
         if s.points:
             d.ellipse([W - mr - 150, legend_y, W - mr - 142, legend_y + 8], fill=s.color)
