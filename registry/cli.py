@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel, Field
 
 from registry.errors import InvalidInput
 
@@ -185,6 +186,81 @@ def show_cmd(artifact_id: str, task: str | None, as_json: bool) -> None:
                     f"{x.p50_ms:.2f}", f"{x.p95_ms:.2f}", f"{x.p99_ms:.2f}", f"{x.throughput_ips:.1f}",
                 )
         c.print(prof)
+
+
+class ComparedArtifact(BaseModel):
+    """One row of `registry compare`: what an operator weighs before promoting."""
+
+    artifact_id: str
+    task: str
+    method: str
+    precision: str
+    macs: int | None
+    params: int | None
+    total_bytes: int
+    psnr_to_teacher: float | None
+    ssim_to_teacher: float | None
+    hardware_tag: str | None
+    size: str | None = Field(default=None, description="HxW of the measurement used")
+    p50_ms: float | None
+    p95_ms: float | None
+    promoted_in: list[str] = Field(default_factory=list, description="channels whose set holds it")
+
+
+def compare_rows(reg, artifact_ids: list[str], task: str | None, hardware_tag: str | None,  # noqa: ANN001
+                 height: int, width: int) -> list[ComparedArtifact]:
+    """Side-by-side facts for several artifacts; latency from the profile for `hardware_tag`
+    (default: the tag the first artifact was profiled on) at the measured size nearest HxW."""
+    manifests = [reg.get_manifest(a, task) for a in artifact_ids]
+    tag = hardware_tag or next((p.hardware_tag for m in manifests for p in m.profiles), None)
+    channels: dict[str, list[str]] = {}
+    for t in {m.task for m in manifests}:
+        for ch in reg.channels(t):
+            for aid in reg.read_alias(t, ch).alias.artifacts:
+                channels.setdefault(aid, []).append(ch)
+    rows = []
+    for m in manifests:
+        prof = next((p for p in m.profiles if p.hardware_tag == tag), None)
+        meas = prof.nearest(height, width) if prof else None
+        rows.append(ComparedArtifact(
+            artifact_id=m.artifact_id, task=m.task, method=m.method, precision=m.architecture.precision,
+            macs=m.architecture.macs, params=m.architecture.params, total_bytes=m.total_bytes,
+            psnr_to_teacher=m.quality.psnr_to_teacher, ssim_to_teacher=m.quality.ssim_to_teacher,
+            hardware_tag=tag if prof else None, size=f"{meas.height}x{meas.width}" if meas else None,
+            p50_ms=meas.p50_ms if meas else None, p95_ms=meas.p95_ms if meas else None,
+            promoted_in=sorted(channels.get(m.artifact_id, [])),
+        ))
+    return rows
+
+
+@registry_cli.command("compare")
+@click.argument("artifact_ids", nargs=-1, required=True)
+@_task_option
+@click.option("--hardware-tag", default=None, help="Profile to read latency from (default: the first one found).")
+@click.option("--size", default="256", show_default=True, help="N or HxW: latency at the measured size nearest this.")
+@_json_option
+def compare_cmd(artifact_ids: tuple[str, ...], task: str | None, hardware_tag: str | None, size: str, as_json: bool) -> None:
+    """Compare artifacts side by side: MACs, size, quality, measured latency, where promoted."""
+    h, _, w = size.lower().partition("x")
+    if not (h.isdigit() and (not w or w.isdigit())):
+        raise InvalidInput(f"--size must be N or HxW, got {size!r}")
+    rows = compare_rows(_registry(), list(artifact_ids), task, hardware_tag, int(h), int(w or h))
+    if as_json:
+        _emit_json(rows)
+        return
+    from rich.table import Table
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    table = Table(title=f"latency on {rows[0].hardware_tag or hardware_tag or '(no profile)'}")
+    for col in ("id", "method", "prec", "MACs", "params", "size", "PSNR/teacher", "SSIM/teacher", "HxW", "p50 ms", "p95 ms", "promoted"):
+        table.add_column(col, justify="right" if col not in ("id", "method", "promoted") else "left")
+    for r in rows:
+        table.add_row(r.artifact_id, r.method, r.precision, _fmt_macs(r.macs), _fmt_params(r.params), _fmt_bytes(r.total_bytes),
+                      num(r.psnr_to_teacher, ".2f"), num(r.ssim_to_teacher, ".3f"), r.size or "-",
+                      num(r.p50_ms, ".1f"), num(r.p95_ms, ".1f"), ",".join(r.promoted_in) or "-")
+    _console().print(table)
 
 
 @registry_cli.command("verify")

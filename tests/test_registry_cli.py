@@ -82,6 +82,13 @@ def test_cli_round_trip(registry_env: dict[str, str], make_tiny_onnx, tmp_path: 
     p2 = run_json(env, "registry", "promote", "--task", "facades", "--channel", "production", aid, other,
                   "--expect-revision", "1", "--reason", "add omgd")
     assert p2["revision"] == 2 and p2["artifacts"] == [aid, other]
+    cmp = run_json(env, "registry", "compare", aid, other, "--size", "64")
+    assert [(r["artifact_id"], r["method"], r["promoted_in"]) for r in cmp] == [(aid, "teacher", ["production"]), (other, "omgd", ["production"])]
+    assert (cmp[0]["hardware_tag"], cmp[0]["size"], cmp[0]["p95_ms"]) == ("cpu-test-avx2", "64x64", 2.0)
+    assert cmp[1]["hardware_tag"] is None and cmp[1]["p95_ms"] is None  # never profiled: no latency invented
+    assert cmp[0]["macs"] == listed[0]["architecture"]["macs"]
+    assert "production" in run(env, "registry", "compare", aid, other).stdout
+    assert "--size" in _one_line_error(run(env, "registry", "compare", aid, "--size", "big", expect=2))
     stale = run(env, "registry", "promote", "--task", "facades", "--channel", "production", other, "--expect-revision", "1", expect=3)
     assert "revision 2" in _one_line_error(stale)
     snap = run_json(env, "registry", "alias", "--task", "facades", "--channel", "production")
