@@ -210,3 +210,10 @@ def test_tiny_coevolution_run_publishes_a_smaller_pruned_generator(coevo_registr
     assert m.architecture.params < teacher.architecture.params
     assert 0 < m.quality.ssim_to_teacher <= 1 and m.quality.psnr_to_teacher > 0 and m.profiles
     assert {a.artifact_id for a in coevo_registry.list(job.task)} >= {teacher_id, m.artifact_id}
+    # the search is deterministic given the seed: re-running the stage picks the same code
+    from compression_jobs.pipeline import run_stage
+
+    run_stage(ctx, "coevolve")
+    again = json.loads((ctx.run_dir / "coevolve" / "coevolve.json").read_text())
+    assert again["result"]["sides"][0]["best_code"] == search["result"]["sides"][0]["best_code"]
+    assert again["result"]["sides"][0]["history"] == history
