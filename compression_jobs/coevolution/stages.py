@@ -4,7 +4,8 @@
   teacher's trained discriminator; with unpaired data and a CycleGAN teacher (``latest_net_G_B.pth``,
   ``latest_net_D_A.pth`` from train-teacher) a second population for B→A, evolved alternately, each
   scored through the other's current best (cycle consistency). Writes ``coevolve.json`` and the
-  compact (channels removed) generator ``net_G.pth``.
+  compact (channels removed) generator ``net_G.pth``. Scoring runs on the CPU (each code is one
+  small forward pass on ``coevolution.eval_images`` crops); ``job.device`` applies to fine-tuning.
 - ``prune-finetune``: trains the compact generator with the shared distillation objective
   (``distill`` section's loss weights: L1 + feature maps to the teacher, GAN loss with a D
   initialised from the teacher's, + ground truth when paired) for ``coevolution.finetune_steps``.
