@@ -19,13 +19,20 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import httpx
 from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
-from registry.local_s3 import LocalS3Handle, _alive, read_state, start_local_s3, write_state
+from registry.local_s3 import LocalS3Handle, running, start_local_s3, write_state
+
+if TYPE_CHECKING:
+    from compression_jobs.data import Sample
+    from compression_jobs.gan_compression.config import JobConfig
+    from registry.client import Registry
+    from registry.runtime import OnnxGenerator
 
 CHANNEL = "production"
 IMPOSSIBLE_BUDGET_MS = 1.0  # below anything a generator can do here: shows the no-eligible path
@@ -56,8 +63,8 @@ def _free_port() -> int:
 
 def ensure_s3(s3_dir: Path) -> LocalS3Handle:
     """The work dir's local S3: reused when its recorded PID is alive, else started."""
-    handle = read_state(s3_dir)
-    if handle is not None and _alive(handle.pid):
+    handle = running(s3_dir)
+    if handle is not None:
         _say(f"[s3] reusing local S3 at {handle.endpoint} (pid {handle.pid})")
         return handle
     _say(f"[s3] starting SeaweedFS in {s3_dir} …")
@@ -67,8 +74,8 @@ def ensure_s3(s3_dir: Path) -> LocalS3Handle:
     return handle
 
 
-def compress(config: str, run_dir: Path, registry) -> tuple[str, list[dict]]:  # noqa: ANN001
-    """Run (or resume) the compression job; returns the task and what its publish stage published."""
+def compress(config: str, run_dir: Path, registry: Registry) -> tuple[JobConfig, list[dict]]:
+    """Run (or resume) the compression job; returns its config and what its publish stage published."""
     from compression_jobs.gan_compression.config import load_config
     from compression_jobs.pipeline import Context, run_pipeline
 
@@ -80,10 +87,10 @@ def compress(config: str, run_dir: Path, registry) -> tuple[str, list[dict]]:  #
     published = json.loads((run_dir / "publish" / "published.json").read_text())
     if not published:
         raise click.ClickException(f"the job in {run_dir} published nothing (publish.enabled is false?)")
-    return job.task, published
+    return job, published
 
 
-def promote_all(registry, task: str, published: list[dict]) -> list[str]:  # noqa: ANN001
+def promote_all(registry: Registry, task: str, published: list[dict]) -> list[str]:
     """Promote every published artifact to the production channel, unless it already is that set."""
     ids = [p["artifact_id"] for p in published]
     from registry.errors import NotFound
@@ -218,7 +225,6 @@ def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_s
     printed `export` lines (`pocketgan s3 down --dir WORKDIR/s3` stops it).
     """
     from compression_jobs.data import load_samples
-    from compression_jobs.gan_compression.config import load_config
     from registry.client import Registry
     from registry.config import RegistrySettings
     from registry.runtime import OnnxGenerator
@@ -232,13 +238,14 @@ def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_s
     os.environ.update(env)
     registry = Registry(RegistrySettings.from_env())
 
-    task, published = compress(config, workdir / "run", registry)
+    job, published = compress(config, workdir / "run", registry)
+    task = job.task
     ids = promote_all(registry, task, published)
     manifests = {aid: registry.get_manifest(aid, task) for aid in ids}
     methods = {aid: m.method for aid, m in manifests.items()}
     teacher_id = next((aid for aid, m in manifests.items() if m.method == "teacher"), None)
 
-    samples = load_samples(load_config(config).data, "test")[:n_images]
+    samples = load_samples(job.data, "test")[:n_images]
     out_dir = workdir / "outputs"
     results: list[Translation] = []
     with Service(env, task, workdir / "service.log", port) as svc:
@@ -248,7 +255,8 @@ def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_s
                 results.append(translate(svc.url, task, s.source, s.name, budget,
                                          out_dir / f"budget-{budget:g}ms" / f"{stem}.png", methods))
         _report(results, manifests)
-        rows, headers = _grid(samples, results, budget_ms, teacher_id, registry, task, OnnxGenerator)
+        teacher = OnnxGenerator(registry.pull(teacher_id, task) / "model.onnx") if teacher_id else None
+        rows, headers = _grid(samples, results, budget_ms, teacher)
         sheet = side_by_side(rows, headers, out_dir / "side_by_side.png")
         summary = out_dir / "summary.json"
         summary.write_text(json.dumps({"task": task, "promoted": ids, "methods": methods,
@@ -276,9 +284,9 @@ def _report(results: list[Translation], manifests: dict) -> None:
                    f"{r.latency_ms:>10.1f}  {verdict}")
 
 
-def _grid(samples, results, budget_ms, teacher_id, registry, task, onnx_generator):  # noqa: ANN001, ANN202
+def _grid(samples: list[Sample], results: list[Translation], budget_ms: float,
+          teacher: OnnxGenerator | None) -> tuple[list[list[Image.Image]], list[str]]:
     """Rows of input | teacher | student served under the realistic budget | ground truth."""
-    teacher = onnx_generator(registry.pull(teacher_id, task) / "model.onnx") if teacher_id else None
     served = {r.image: r for r in results if r.budget_ms == budget_ms}
     rows = []
     for s in samples:

@@ -291,6 +291,12 @@ def read_state(data_dir: Path) -> LocalS3Handle | None:
     return LocalS3Handle.model_validate_json(path.read_text())
 
 
+def running(data_dir: Path) -> LocalS3Handle | None:
+    """The server recorded in `data_dir` if its process is still alive, else None."""
+    handle = read_state(data_dir)
+    return handle if handle is not None and _alive(handle.pid) else None
+
+
 def write_state(handle: LocalS3Handle) -> Path:
     path = handle.data_dir / STATE_FILE
     tmp = path.with_suffix(".tmp")
@@ -327,8 +333,8 @@ def s3_cli() -> None:
 @click.option("--secret-key", default=DEFAULT_SECRET_KEY, show_default=True)
 def s3_up(data_dir: Path, port: int | None, bucket: str, prefix: str, access_key: str, secret_key: str) -> None:
     """Start the server in the background and print the variables to export."""
-    existing = read_state(data_dir)
-    if existing is not None and _alive(existing.pid):
+    existing = running(data_dir)
+    if existing is not None:
         click.echo(f"# local S3 already running (pid {existing.pid}) at {existing.endpoint}", err=True)
         click.echo(_exports(existing))
         return
@@ -359,8 +365,8 @@ def s3_down(data_dir: Path) -> None:
 @_dir_option
 def s3_status(data_dir: Path) -> None:
     """Say whether the local server is running and print its variables."""
-    handle = read_state(data_dir)
-    if handle is None or not _alive(handle.pid):
+    handle = running(data_dir)
+    if handle is None:
         click.echo(f"local S3 not running (dir {data_dir})")
         sys.exit(1)
     click.echo(f"# running, pid {handle.pid}, endpoint {handle.endpoint}", err=True)
