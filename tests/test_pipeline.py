@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from compression_jobs.gan_compression.common import load_state
 from compression_jobs.gan_compression.config import load_config
 from compression_jobs.pipeline import STAGE_FUNCS, STAGES, Context, StageFailed, completed_stages, run_pipeline
+from _unpaired_data import make_unpaired_data
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -199,18 +200,7 @@ def test_latency_budget_search_fits_a_measured_latency_model(full_run, tmp_path)
 
 def test_unpaired_cyclegan_data_runs_through_finetune(tmp_path):
     """CycleGAN layout: teacher from trainA/trainB, unconditional D, no ground-truth term."""
-    import random
-
-    from PIL import Image
-
-    rnd = random.Random(1)
-    for split, n in (("train", 6), ("test", 3)):
-        for dom in "AB":
-            for i in range(n):
-                p = tmp_path / "data" / f"{split}{dom}" / f"{dom.lower()}{i}.png"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                base = (200, 40, 40) if dom == "A" else (40, 40, 200)
-                Image.new("RGB", (40, 40), tuple(min(255, c + rnd.randrange(50)) for c in base)).save(p)
+    make_unpaired_data(tmp_path / "data")
     job = load_config("tiny", {"data.root": str(tmp_path / "data"), "data.layout": "unpaired", "data.direction": "AtoB",
                                "data.load_size": 36, "data.crop_size": 32, "data.max_train": None,
                                "data.max_test": None, "teacher.steps": 4, "distill.steps": 4, "supernet.steps": 4,
