@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from compression_jobs.pipeline import Context
 
 STAGE_HELP = {
     "train-teacher": "Train a pix2pix/CycleGAN teacher (or adopt teacher.checkpoint).",
@@ -22,7 +26,9 @@ STAGE_HELP = {
 """Stage commands (`pocketgan compress <stage>`); a stage runs only when the config's method has it."""
 
 
-def _context(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...]):
+def job_context(config: str, run_dir: str | None, inception_weights: str | None,
+                overrides: tuple[str, ...]) -> Context:
+    """The job context for CLI arguments (config name or path, --set overrides); bad config: one-line error."""
     import yaml
 
     from compression_jobs.gan_compression.config import load_config
@@ -87,7 +93,7 @@ def run_cmd(config: str, run_dir: str | None, inception_weights: str | None, ove
     """Run the whole pipeline (or up to --until)."""
     from compression_jobs.pipeline import run_pipeline
 
-    ctx = _context(config, run_dir, inception_weights, overrides)
+    ctx = job_context(config, run_dir, inception_weights, overrides)
     try:
         run_pipeline(ctx, resume=resume, until=until, echo=lambda m: click.echo(m, err=True))
     except Exception as exc:  # noqa: BLE001 - reported as one line with the stage name
@@ -100,7 +106,7 @@ def _stage_command(stage: str) -> click.Command:
     def cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...]) -> None:
         from compression_jobs.pipeline import run_stage
 
-        ctx = _context(config, run_dir, inception_weights, overrides)
+        ctx = job_context(config, run_dir, inception_weights, overrides)
         try:
             info = run_stage(ctx, stage)
         except Exception as exc:  # noqa: BLE001
@@ -128,7 +134,7 @@ def compare_cmd(config: str, run_dir: str | None, inception_weights: str | None,
     """
     from compression_jobs.compare import run_compare
 
-    ctx = _context(config, run_dir, inception_weights, overrides)
+    ctx = job_context(config, run_dir, inception_weights, overrides)
     root = Path(run_dir) if run_dir else Path("runs") / f"{ctx.job.name}-compare"
     try:
         result = run_compare(ctx.job, root, inception_weights=ctx.inception_weights,

@@ -138,10 +138,10 @@ def _private_run_dir(run_dir: Path, rank: int, stage: str) -> Path:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 def main(config: str, run_dir: str, stage: str, overrides: tuple[str, ...]) -> None:
     """Run one training stage data-parallel on every rank started by torchrun."""
-    from compression_jobs.compress_cli import _context
+    from compression_jobs.compress_cli import job_context
     from compression_jobs.pipeline import run_stage
 
-    ctx = _context(config, run_dir, None, overrides)
+    ctx = job_context(config, run_dir, None, overrides)
     device = ctx.job.device
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
