@@ -77,15 +77,15 @@ def registry_prefix() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def registry_settings(s3_server: LocalS3Handle, registry_prefix: str, tmp_path: Path):
+def make_registry_settings(s3_server: LocalS3Handle, prefix: str, cache_dir: Path):  # noqa: ANN201 - RegistrySettings
+    """Settings for a registry under `prefix` of the session's SeaweedFS bucket."""
     from registry.config import RegistrySettings
 
     return RegistrySettings(
-        registry=f"s3://{s3_server.bucket}/{registry_prefix}",
+        registry=f"s3://{s3_server.bucket}/{prefix}",
         s3_endpoint=s3_server.endpoint,
         region=s3_server.region,
-        cache_dir=tmp_path / "cache",
+        cache_dir=cache_dir,
         access_key_id=s3_server.access_key,
         secret_access_key=s3_server.secret_key,
         actor="pytest@localhost",
@@ -93,10 +93,23 @@ def registry_settings(s3_server: LocalS3Handle, registry_prefix: str, tmp_path: 
 
 
 @pytest.fixture
+def registry_settings(s3_server: LocalS3Handle, registry_prefix: str, tmp_path: Path):
+    return make_registry_settings(s3_server, registry_prefix, tmp_path / "cache")
+
+
+@pytest.fixture
 def registry(registry_settings):
     from registry.client import Registry
 
     return Registry(registry_settings)
+
+
+@pytest.fixture(scope="module")
+def module_registry(s3_server: LocalS3Handle, tmp_path_factory: pytest.TempPathFactory):
+    """A registry on a fresh prefix shared by one module's tests (for runs that a module does once)."""
+    from registry.client import Registry
+
+    return Registry(make_registry_settings(s3_server, f"t-{uuid.uuid4().hex[:12]}", tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture

@@ -169,27 +169,13 @@ def test_unpaired_data_evolves_two_populations_in_the_pipeline(tmp_path):
     assert info["prune-finetune"]["info"]["losses"]["loss_gt"] == 0.0
 
 
-@pytest.fixture(scope="module")
-def coevo_registry(s3_server, tmp_path_factory):
-    import uuid
-
-    from registry.client import Registry
-    from registry.config import RegistrySettings
-
-    return Registry(RegistrySettings(
-        registry=f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}", s3_endpoint=s3_server.endpoint,
-        region=s3_server.region, cache_dir=tmp_path_factory.mktemp("cache"), access_key_id=s3_server.access_key,
-        secret_access_key=s3_server.secret_key, actor="pytest@localhost",
-    ))
-
-
-def test_tiny_coevolution_run_publishes_a_smaller_pruned_generator(coevo_registry, tmp_path):
+def test_tiny_coevolution_run_publishes_a_smaller_pruned_generator(module_registry, tmp_path):
     from compression_jobs.gan_compression.config import load_config
     from compression_jobs.pipeline import Context, completed_stages, run_pipeline, stages_for
 
     job = load_config("tiny", {"method": "coevolution", "coevolution.population": 6, "coevolution.generations": 3,
                                "coevolution.finetune_steps": 10})
-    ctx = Context(job, tmp_path / "run", registry=coevo_registry)
+    ctx = Context(job, tmp_path / "run", registry=module_registry)
     run_pipeline(ctx)
     assert completed_stages(ctx.run_dir) == list(stages_for("coevolution"))
     assert stages_for("coevolution") == ("train-teacher", "coevolve", "prune-finetune", "export", "publish")
@@ -201,15 +187,15 @@ def test_tiny_coevolution_run_publishes_a_smaller_pruned_generator(coevo_registr
     teacher_id = next(p["artifact_id"] for p in published if p["method"] == "teacher")
     students = [p for p in published if p["method"] == "coevolution"]
     assert len(students) == 1
-    teacher = coevo_registry.get_manifest(teacher_id, task=job.task)
-    m = coevo_registry.get_manifest(students[0]["artifact_id"], task=job.task)
+    teacher = module_registry.get_manifest(teacher_id, task=job.task)
+    m = module_registry.get_manifest(students[0]["artifact_id"], task=job.task)
     assert m.method == "coevolution" and m.parent == teacher.artifact_id
     assert m.architecture.channel_config == search["channel_config"] == m.job["channel_config"]
     assert m.architecture.macs == search["cost"]["macs"] < teacher.architecture.macs
     assert m.architecture.macs <= search["cost"]["budget_macs"]
     assert m.architecture.params < teacher.architecture.params
     assert 0 < m.quality.ssim_to_teacher <= 1 and m.quality.psnr_to_teacher > 0 and m.profiles
-    assert {a.artifact_id for a in coevo_registry.list(job.task)} >= {teacher_id, m.artifact_id}
+    assert {a.artifact_id for a in module_registry.list(job.task)} >= {teacher_id, m.artifact_id}
     # the search is deterministic given the seed: re-running the stage picks the same code
     from compression_jobs.pipeline import run_stage
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import pytest
 import torch
@@ -25,18 +24,7 @@ SMALLER = {"teacher.steps": 20, "distill.steps": 6, "supernet.steps": 8, "finetu
 
 
 @pytest.fixture(scope="module")
-def registry(s3_server, tmp_path_factory):
-    from registry.client import Registry
-    from registry.config import RegistrySettings
-
-    return Registry(RegistrySettings(
-        registry=f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}", s3_endpoint=s3_server.endpoint,
-        region=s3_server.region, cache_dir=tmp_path_factory.mktemp("cache"), access_key_id=s3_server.access_key,
-        secret_access_key=s3_server.secret_key, actor="pytest@localhost"))
-
-
-@pytest.fixture(scope="module")
-def compared(registry, tmp_path_factory):
+def compared(module_registry, tmp_path_factory):
     from compression_jobs import pipeline
     from compression_jobs.compare import run_compare
 
@@ -47,7 +35,7 @@ def compared(registry, tmp_path_factory):
     pipeline.METHOD_MODULES["coevolution"] = "compression_jobs.no_such_method_for_this_test"
     try:
         root = tmp_path_factory.mktemp("compare")
-        result = run_compare(load_config("tiny", SMALLER), root, registry=registry)
+        result = run_compare(load_config("tiny", SMALLER), root, registry=module_registry)
     finally:
         pipeline.METHOD_MODULES["coevolution"] = saved
         torch.set_num_threads(threads)
@@ -68,12 +56,12 @@ def test_one_teacher_is_shared_by_every_method(compared):
     assert teacher_ids == {result.teacher_id}
 
 
-def test_omgd_student_is_published_with_teacher_as_parent(compared, registry):
+def test_omgd_student_is_published_with_teacher_as_parent(compared, module_registry):
     result, root = compared
     job = load_config("tiny")
     omgd = next(r for r in result.methods if r.method == "omgd")
     assert omgd.available and len(omgd.students) == 1 and omgd.train_seconds > 0
-    m = registry.get_manifest(omgd.students[omgd.winner], task=job.task)
+    m = module_registry.get_manifest(omgd.students[omgd.winner], task=job.task)
     assert m.method == "omgd" and m.parent == result.teacher_id
     assert m.architecture.family == "mobile-resnet" and m.architecture.channel_config == omgd.winner
     assert m.architecture.macs <= result.budget_macs
@@ -84,12 +72,12 @@ def test_omgd_student_is_published_with_teacher_as_parent(compared, registry):
     assert info["student_macs"] == m.architecture.macs
 
 
-def test_int8_of_each_winner_is_measured_and_published(compared, registry):
+def test_int8_of_each_winner_is_measured_and_published(compared, module_registry):
     result, root = compared
-    listed = {a.artifact_id: a for a in registry.list(load_config("tiny").task)}
+    listed = {a.artifact_id: a for a in module_registry.list(load_config("tiny").task)}
     for r in (r for r in result.methods if r.available):
-        fp32 = registry.get_manifest(r.students[r.winner], task="facades-label2photo")
-        q = registry.get_manifest(r.int8, task="facades-label2photo")
+        fp32 = module_registry.get_manifest(r.students[r.winner], task="facades-label2photo")
+        q = module_registry.get_manifest(r.int8, task="facades-label2photo")
         assert r.int8 in listed and q.method == "int8" and q.parent == fp32.artifact_id
         assert q.architecture.precision == "int8" and q.quality.psnr_to_fp32 is not None
         assert q.quality.ssim_to_teacher is not None and q.quality.ssim_to_teacher != fp32.quality.ssim_to_teacher

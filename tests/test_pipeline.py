@@ -29,32 +29,13 @@ def tiny_job():
 
 
 @pytest.fixture(scope="module")
-def registry(s3_server, tmp_path_factory):
-    """A Registry on a fresh prefix of the session's SeaweedFS, shared by this module's tests."""
-    import uuid
-
-    from registry.client import Registry
-    from registry.config import RegistrySettings
-
-    return Registry(RegistrySettings(
-        registry=f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}",
-        s3_endpoint=s3_server.endpoint,
-        region=s3_server.region,
-        cache_dir=tmp_path_factory.mktemp("cache"),
-        access_key_id=s3_server.access_key,
-        secret_access_key=s3_server.secret_key,
-        actor="pytest@localhost",
-    ))
-
-
-@pytest.fixture(scope="module")
-def full_run(tiny_job, registry, tmp_path_factory):
+def full_run(tiny_job, module_registry, tmp_path_factory):
     """One uninterrupted tiny run, published to a fresh registry prefix (shared by the tests below)."""
     import os
 
     os.environ["POCKETGAN_NO_PROGRESS"] = "1"
     torch.set_num_threads(1)
-    ctx = Context(tiny_job, tmp_path_factory.mktemp("full") / "run", registry=registry)
+    ctx = Context(tiny_job, tmp_path_factory.mktemp("full") / "run", registry=module_registry)
     run_pipeline(ctx)
     return ctx
 
@@ -64,7 +45,7 @@ def _final_weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {d.name: load_state(d / "net_G.pth") for d in sorted(ft.iterdir()) if d.is_dir()}
 
 
-def test_tiny_end_to_end_publishes_teacher_and_pareto_students(full_run, registry, tmp_path):
+def test_tiny_end_to_end_publishes_teacher_and_pareto_students(full_run, module_registry, tmp_path):
     ctx = full_run
     assert completed_stages(ctx.run_dir) == list(STAGES)
     search = json.loads((ctx.run_dir / "search" / "search.json").read_text())
@@ -74,12 +55,12 @@ def test_tiny_end_to_end_publishes_teacher_and_pareto_students(full_run, registr
     teachers = [p for p in published if p["method"] == "teacher"]
     students = [p for p in published if p["method"] == "gan-compression"]
     assert len(teachers) == 1 and len(students) == len(search["chosen"])
-    teacher = registry.get_manifest(teachers[0]["artifact_id"], task=ctx.job.task)
+    teacher = module_registry.get_manifest(teachers[0]["artifact_id"], task=ctx.job.task)
     assert teacher.quality.ssim_to_ground_truth is not None and teacher.profiles
-    listed = {m.artifact_id for m in registry.list(ctx.job.task)}
+    listed = {m.artifact_id for m in module_registry.list(ctx.job.task)}
     assert {p["artifact_id"] for p in published} <= listed
     for p in students:
-        m = registry.get_manifest(p["artifact_id"], task=ctx.job.task)
+        m = module_registry.get_manifest(p["artifact_id"], task=ctx.job.task)
         assert m.parent == teacher.artifact_id
         assert m.architecture.family == "mobile-resnet" and m.architecture.channel_config in search["chosen"]
         assert m.architecture.macs < teacher.architecture.macs
