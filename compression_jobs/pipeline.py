@@ -314,9 +314,14 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
     return {"finetuned": list(results), "losses": results}
 
 
+def new_student(job: JobConfig, config: ChannelConfig | str) -> MobileResnetGenerator:
+    """A fresh MobileResNet student of the job's student space with channel widths `config`."""
+    return MobileResnetGenerator(ChannelConfig.parse(config), n_blocks=job.student.n_blocks,
+                                 input_nc=job.data.input_nc, output_nc=job.data.output_nc)
+
+
 def _student(job: JobConfig, cfg: str, path: Path) -> MobileResnetGenerator:
-    net = MobileResnetGenerator(ChannelConfig.parse(cfg), n_blocks=job.student.n_blocks,
-                                input_nc=job.data.input_nc, output_nc=job.data.output_nc)
+    net = new_student(job, cfg)
     net.load_state_dict(load_state(path))
     return net.eval()
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from compression_jobs.data import ImageSet, TrainStream
-from compression_jobs.gan_compression.common import load_state, progress, save_state
+from compression_jobs.gan_compression.common import progress, save_state
 from compression_jobs.gan_compression.config import JobConfig
 from compression_jobs.gan_compression.search import macs_at
-from compression_jobs.models.mobile import ChannelConfig, MobileResnetGenerator
+from compression_jobs.models.mobile import ChannelConfig
 from compression_jobs.models.resnet import ResnetGenerator
 from compression_jobs.models.supernet import DEFAULT_MULTIPLIERS
 from compression_jobs.omgd.distill import OnlineDistiller
@@ -26,8 +26,10 @@ from compression_jobs.pipeline import (
     Method,
     Student,
     _discriminator,
+    _student,
     _teacher,
     macs_budget,
+    new_student,
 )
 
 STAGE = "omgd"
@@ -50,11 +52,6 @@ def uniform_configs(job: JobConfig) -> list[ChannelConfig]:
         if c not in configs:
             configs.append(c)
     return configs
-
-
-def new_student(job: JobConfig, config: ChannelConfig | str) -> MobileResnetGenerator:
-    return MobileResnetGenerator(ChannelConfig.parse(config), n_blocks=job.student.n_blocks,
-                                 input_nc=job.data.input_nc, output_nc=job.data.output_nc)
 
 
 def choose_student(job: JobConfig, teacher_macs: int) -> tuple[ChannelConfig, int | None]:
@@ -128,13 +125,7 @@ def stage_omgd(ctx: Context, out: Path) -> dict:
 def students(ctx: Context) -> list[Student]:
     d = ctx.require(STAGE)
     cfg = json.loads((d / INFO_FILE).read_text())["channel_config"]
-
-    def load() -> MobileResnetGenerator:
-        net = new_student(ctx.job, cfg)
-        net.load_state_dict(load_state(d / STUDENT_FILE))
-        return net.eval()
-
-    return [Student(cfg, load, {"channel_config": cfg})]
+    return [Student(cfg, lambda: _student(ctx.job, cfg, d / STUDENT_FILE), {"channel_config": cfg})]
 
 
 def summary(run_dir: Path) -> list[str]:
