@@ -13,8 +13,8 @@ Loss of a code p for generator G (lower is better; the GA's fitness is 1 / loss)
 - γ · remaining parameter fraction pushes towards smaller generators.
 - with a MACs budget (the job's ``search`` budget, so every method of a comparison gets the same
   one): + budget_penalty · max(0, MACs / budget - 1) (steep; the stage reports whether the best fits).
-  MACs are counted at 1/4 of the reference side and scaled by 16 (exact: every feature map of
-  this generator scales with the input side).
+  MACs at the reference side come from ``macs_at`` (counted small and scaled by area: exact, every
+  feature map of this generator scales with the input side).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from torch import nn
 
 from compression_jobs.coevolution.genetic import GAParams, Population
 from compression_jobs.coevolution.prune import ChannelGroups, prune_generator
-from compression_jobs.counting import count_macs, count_params
+from compression_jobs.counting import count_params
+from compression_jobs.gan_compression.search import macs_at
 
 
 class FitnessWeights(BaseModel):
@@ -84,7 +85,7 @@ class Side:
         dis = F.mse_loss(self.judge(y), self.d_ref).item() if self.d_ref is not None else 0.0
         rec = F.l1_loss(other(y), self.x).item() if other is not None else F.l1_loss(y, self.t_out).item()
         frac = count_params(g) / self.full_params
-        macs = count_macs(g, weights.macs_resolution // 4) * 16
+        macs = macs_at(g, weights.macs_resolution)
         total = weights.lambda_dis * dis + weights.lambda_rec * rec + weights.gamma * frac
         if weights.budget_macs is not None:
             total += weights.budget_penalty * max(0.0, macs / weights.budget_macs - 1.0)
