@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compression_jobs.report import Series, scatter  # noqa: E402
+from compression_jobs.report import Series, manifest_row, scatter  # noqa: E402
 from compression_jobs.report import fmt as _fmt  # noqa: E402
 from registry.artifact import read_artifact_dir  # noqa: E402
 
@@ -39,17 +39,8 @@ def table(manifests: dict) -> tuple[str, list[dict]]:
     t_macs = teacher.architecture.macs or 1
     rows = []
     for name, m in manifests.items():
-        prof = m.profiles[0] if m.profiles else None
-        meas = prof.measurements[0] if prof else None
-        rows.append({
-            "name": name, "method": m.method, "id": m.artifact_id, "macs": m.architecture.macs,
-            "reduction": t_macs / m.architecture.macs if m.architecture.macs else None,
-            "params": m.architecture.params, "bytes": m.architecture.file_bytes,
-            "p50": meas.p50_ms if meas else None, "res": f"{meas.height}x{meas.width}" if meas else "–",
-            "tag": prof.hardware_tag if prof else "–",
-            "psnr_t": m.quality.psnr_to_teacher, "ssim_t": m.quality.ssim_to_teacher,
-            "ssim_gt": m.quality.ssim_to_ground_truth, "psnr_gt": m.quality.psnr_to_ground_truth,
-        })
+        rows.append({**manifest_row(m), "name": name,
+                     "reduction": t_macs / m.architecture.macs if m.architecture.macs else None})
     rows.sort(key=lambda r: -(r["macs"] or 0))
     t_p50 = rows[0]["p50"] if rows and rows[0]["name"] == "teacher" else None
     lines = [

@@ -34,7 +34,7 @@ from compression_jobs.pipeline import (
     read_state,
     run_pipeline,
 )
-from compression_jobs.report import Series, fmt, scatter
+from compression_jobs.report import Series, fmt, manifest_row, scatter
 
 METHODS: tuple[str, ...] = ("gan-compression", "omgd", "coevolution")
 COLORS = {"gan-compression": (40, 90, 220), "omgd": (220, 120, 20), "coevolution": (30, 160, 60)}
@@ -180,20 +180,8 @@ def _rows(result: CompareResult) -> list[dict]:
         entries += [(r.method, k, Path(r.run_dir) / "export" / k, r.train_seconds) for k in r.students]
         if r.int8:
             entries.append((f"{r.method} int8", r.winner, root / "int8" / r.method, None))
-    rows = []
-    for method, name, folder, secs in entries:
-        m = _manifest(folder)
-        prof = m.profiles[0] if m.profiles else None
-        meas = prof.measurements[0] if prof else None
-        q = m.quality
-        rows.append({"method": method, "name": name, "id": m.artifact_id, "macs": m.architecture.macs,
-                     "params": m.architecture.params, "bytes": m.architecture.file_bytes,
-                     "precision": m.architecture.precision, "p50": meas.p50_ms if meas else None,
-                     "res": f"{meas.height}x{meas.width}" if meas else "–", "tag": prof.hardware_tag if prof else "–",
-                     "psnr_t": q.psnr_to_teacher, "ssim_t": q.ssim_to_teacher, "psnr_gt": q.psnr_to_ground_truth,
-                     "ssim_gt": q.ssim_to_ground_truth, "fid": q.fid, "kid": q.kid, "psnr_fp32": q.psnr_to_fp32,
-                     "seconds": secs})
-    return rows
+    return [{**manifest_row(_manifest(folder)), "method": method, "name": name, "seconds": secs}
+            for method, name, folder, secs in entries]
 
 
 def write_report(result: CompareResult, root: Path) -> str:

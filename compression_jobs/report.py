@@ -27,6 +27,18 @@ def fmt(v, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+def manifest_row(m) -> dict:  # noqa: ANN001 - registry.manifest.Manifest
+    """One artifact's figures for a report table: size, p50 of its first profile, fidelity."""
+    prof = m.profiles[0] if m.profiles else None
+    meas = prof.measurements[0] if prof else None
+    a, q = m.architecture, m.quality
+    return {"method": m.method, "id": m.artifact_id, "macs": a.macs, "params": a.params, "bytes": a.file_bytes,
+            "precision": a.precision, "p50": meas.p50_ms if meas else None,
+            "res": f"{meas.height}x{meas.width}" if meas else "–", "tag": prof.hardware_tag if prof else "–",
+            "psnr_t": q.psnr_to_teacher, "ssim_t": q.ssim_to_teacher, "psnr_gt": q.psnr_to_ground_truth,
+            "ssim_gt": q.ssim_to_ground_truth, "fid": q.fid, "kid": q.kid, "psnr_fp32": q.psnr_to_fp32}
+
+
 def scatter(series: list[Series], path: Path, *, title: str, teacher_macs: float | None = None,
             budget_macs: float | None = None, size: tuple[int, int] = (900, 600)) -> None:
     """x = MACs per image @256 (log), y = SSIM to teacher; teacher as a black square at SSIM 1, budget as a line."""
