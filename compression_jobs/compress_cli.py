@@ -163,13 +163,13 @@ def configs_cmd() -> None:
 
 
 def _summary(run_dir: Path) -> None:
-    from compression_jobs.pipeline import MethodUnavailable, get_method, read_state
+    from compression_jobs.pipeline import MethodUnavailable, get_method, read_state, stages_for
 
     state = read_state(run_dir)
     name = state.get("method", "gan-compression")
     try:
         method = get_method(name)
-        stages = ("train-teacher", *method.stages, "export", "publish")
+        stages = stages_for(name)
     except MethodUnavailable:
         method, stages = None, tuple(state.get("completed", {}))
     click.echo(f"method {name}")
