@@ -192,23 +192,20 @@ def prune_generator(net: nn.Module, masks: Masks) -> ResnetGenerator:
     m, lay = out.model, _layout(out)
     stem, down1, stream, up1, up2 = (masks[k] for k in ("stem", "down1", "stream", "up1", "up2"))
 
-    def conv_norm(pos: int, in_keep: torch.Tensor | None, out_keep: torch.Tensor) -> None:
-        m[pos] = _slice_conv(m[pos], in_keep, out_keep)
-        m[pos + 1] = _slice_norm(m[pos + 1], out_keep)
+    def conv_norm(seq: nn.Sequential, pos: int, in_keep: torch.Tensor | None, out_keep: torch.Tensor) -> None:
+        seq[pos] = _slice_conv(seq[pos], in_keep, out_keep)
+        seq[pos + 1] = _slice_norm(seq[pos + 1], out_keep)
 
-    conv_norm(lay["stem"], None, stem)
-    conv_norm(lay["down1"], stem, down1)
-    conv_norm(lay["down2"], down1, stream)
+    conv_norm(m, lay["stem"], None, stem)
+    conv_norm(m, lay["down1"], stem, down1)
+    conv_norm(m, lay["down2"], down1, stream)
     for b in range(out.n_blocks):
         cb = m[lay["block0"] + b].conv_block
         inner = masks[f"block{b}"]
-        cb[1] = _slice_conv(cb[1], stream, inner)
-        cb[2] = _slice_norm(cb[2], inner)
-        second = len(cb) - 2  # pad, conv, norm at the end (a dropout may sit in between)
-        cb[second] = _slice_conv(cb[second], inner, stream)
-        cb[second + 1] = _slice_norm(cb[second + 1], stream)
-    conv_norm(lay["up1"], stream, up1)
-    conv_norm(lay["up2"], up1, up2)
+        conv_norm(cb, 1, stream, inner)
+        conv_norm(cb, len(cb) - 2, inner, stream)  # pad, conv, norm at the end (a dropout may sit in between)
+    conv_norm(m, lay["up1"], stream, up1)
+    conv_norm(m, lay["up2"], up1, up2)
     m[lay["last"]] = _slice_conv(m[lay["last"]], up2, None)
     out.config = groups.widths(masks)  # type: ignore[attr-defined]  # read by export.architecture_of
     out.ngf = out.config.stem
