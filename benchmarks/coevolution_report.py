@@ -30,14 +30,14 @@ def main() -> None:
     from compression_jobs.coevolution.stages import G_FILE, SEARCH_FILE, _compact
     from compression_jobs.coevolution.prune import PrunedWidths
     from compression_jobs.gan_compression.config import JobConfig
-    from compression_jobs.pipeline import Context, _held_out, read_state
+    from compression_jobs.pipeline import ARTIFACTS_FILE, Context, _held_out, read_state
     from compression_jobs.gan_compression.evaluate import fidelity
     from registry.artifact import read_artifact_dir
 
     job = JobConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
     ctx = Context(job, run)
     search = json.loads((run / "coevolve" / SEARCH_FILE).read_text())
-    exported = json.loads((run / "export" / "artifacts.json").read_text())
+    exported = json.loads((run / "export" / ARTIFACTS_FILE).read_text())
     teacher = read_artifact_dir(run / "export" / "teacher")
     student_name = next(k for k in exported if k != "teacher")
     student = read_artifact_dir(run / "export" / student_name)
