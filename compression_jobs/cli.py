@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from registry.cli import parse_resolution
 from registry.errors import InvalidInput
 
 ARCHES = ("resnet", "unet", "mobile-resnet", "supernet")
@@ -148,16 +149,6 @@ def quantize_cli(artifact_dir: Path, calibration_images: Path, out_dir: Path, re
                f"{m.architecture.file_bytes / 1e6:.2f} MB")
 
 
-def _parse_resolution(value: str) -> tuple[int, int]:
-    try:
-        if "x" in value.lower():
-            h, w = value.lower().split("x", 1)
-            return int(h), int(w)
-        return int(value), int(value)
-    except ValueError:
-        raise InvalidInput(f"invalid --resolution {value!r}: use N or HxW") from None
-
-
 @click.command("profile")
 @click.argument("artifact_id", required=False)
 @click.option("--task", default=None, help="Task of ARTIFACT_ID, or: profile all artifacts of this task.")
@@ -190,7 +181,7 @@ def profile_cli(artifact_id: str | None, task: str | None, promoted: bool, chann
         raise InvalidInput("--runs must be >= 1 and --warmup >= 0")
     if hardware_tag:
         resolve_hardware_tag(hardware_tag)  # validate before any work
-    res = [_parse_resolution(r) for r in resolutions]
+    res = [parse_resolution(r) for r in resolutions]
     registry = Registry.from_env()
     if artifact_id:
         targets = [(artifact_id, task)]

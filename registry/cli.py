@@ -25,6 +25,18 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-rea
 _task_option = click.option("--task", default=None, help="Task the artifact belongs to (default: search all tasks).")
 
 
+def parse_resolution(value: str, option: str = "--resolution") -> tuple[int, int]:
+    """`N` or `HxW` (positive integers) as (height, width); shared by `registry compare` and `profile`."""
+    h, sep, w = value.lower().partition("x")
+    try:
+        height, width = int(h), int(w if sep else h)
+    except ValueError:
+        raise InvalidInput(f"invalid {option} {value!r}: use N or HxW") from None
+    if height < 1 or width < 1:
+        raise InvalidInput(f"invalid {option} {value!r}: use N or HxW with positive sizes")
+    return height, width
+
+
 def _registry():  # noqa: ANN202 - lazy import keeps `--help` fast
     from registry.client import Registry
 
@@ -241,10 +253,8 @@ def compare_rows(reg, artifact_ids: list[str], task: str | None, hardware_tag: s
 @_json_option
 def compare_cmd(artifact_ids: tuple[str, ...], task: str | None, hardware_tag: str | None, size: str, as_json: bool) -> None:
     """Compare artifacts side by side: MACs, size, quality, measured latency, where promoted."""
-    h, _, w = size.lower().partition("x")
-    if not (h.isdigit() and (not w or w.isdigit())):
-        raise InvalidInput(f"--size must be N or HxW, got {size!r}")
-    rows = compare_rows(_registry(), list(artifact_ids), task, hardware_tag, int(h), int(w or h))
+    height, width = parse_resolution(size, "--size")
+    rows = compare_rows(_registry(), list(artifact_ids), task, hardware_tag, height, width)
     if as_json:
         _emit_json(rows)
         return
