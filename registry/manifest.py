@@ -147,6 +147,14 @@ class LatencyMeasurement(_Model):
         return self
 
 
+def nearest_measurement(measurements: list[LatencyMeasurement], height: int, width: int,
+                        batch: int = 1) -> LatencyMeasurement:
+    """The measurement whose pixel count is closest to height*width (same batch preferred)."""
+    same_batch = [m for m in measurements if m.batch == batch] or measurements
+    target = height * width
+    return min(same_batch, key=lambda m: (abs(m.height * m.width - target), m.batch))
+
+
 class HardwareProfile(_Model):
     """Latency of one artifact on one hardware tag, measured on that hardware."""
 
@@ -160,10 +168,7 @@ class HardwareProfile(_Model):
     measured_at: datetime = Field(default_factory=utcnow)
 
     def nearest(self, height: int, width: int, batch: int = 1) -> LatencyMeasurement:
-        """The measurement whose pixel count is closest to height*width (same batch preferred)."""
-        same_batch = [m for m in self.measurements if m.batch == batch] or self.measurements
-        target = height * width
-        return min(same_batch, key=lambda m: (abs(m.height * m.width - target), m.batch))
+        return nearest_measurement(self.measurements, height, width, batch)
 
 
 class Manifest(_Model):

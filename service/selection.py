@@ -26,9 +26,11 @@ one, the smallest is served and flagged.
 
 from __future__ import annotations
 
+import statistics
+
 from pydantic import BaseModel, Field
 
-from registry.manifest import LatencyMeasurement
+from registry.manifest import LatencyMeasurement, nearest_measurement
 
 
 class Candidate(BaseModel):
@@ -84,10 +86,8 @@ def profile_expected_ms(measurements: list[LatencyMeasurement], height: int, wid
     """p95 of the nearest-in-pixels measurement, scaled linearly by pixel ratio (None if unprofiled)."""
     if not measurements:
         return None
-    same = [m for m in measurements if m.batch == batch] or measurements
-    target = height * width
-    m = min(same, key=lambda m: (abs(m.height * m.width - target), m.batch))
-    return m.p95_ms * target / float(m.height * m.width)
+    m = nearest_measurement(measurements, height, width, batch)
+    return m.p95_ms * height * width / float(m.height * m.width)
 
 
 def _size_key(c: Candidate) -> tuple[float, int, str]:
@@ -96,11 +96,8 @@ def _size_key(c: Candidate) -> tuple[float, int, str]:
 
 def _replica_ratio(observed: dict[str, Observed], min_observations: int) -> float | None:
     """Median actual/profile ratio over the artifacts observed often enough (None if none are)."""
-    ratios = sorted(o.p95_ratio for o in observed.values() if o.p95_ratio is not None and o.count >= min_observations)
-    if not ratios:
-        return None
-    mid = len(ratios) // 2
-    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    ratios = [o.p95_ratio for o in observed.values() if o.p95_ratio is not None and o.count >= min_observations]
+    return statistics.median(ratios) if ratios else None
 
 
 def select(
