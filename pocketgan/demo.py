@@ -127,7 +127,11 @@ class Service:
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(self._cmd, env=self._env, cwd=self._cwd, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready(timeout_s=300.0)
+        try:
+            self._wait_ready(timeout_s=300.0)
+        except BaseException:  # __exit__ does not run when __enter__ fails: stop the server here
+            self.__exit__()
+            raise
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
