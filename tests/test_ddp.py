@@ -4,11 +4,18 @@ A tiny run (tiny config, 2 teacher and 2 distill steps, instance-norm discrimina
 for a few supernet steps twice from the same distill outputs: once by the ordinary one-process
 stage (`run_stage`), once by `torchrun --nproc_per_node 2 -m compression_jobs.gan_compression.ddp`.
 
-What "the same" means, measured: every tensor agrees to ATOL (40x smaller than one Adam step of
-lr 2e-4), except conv biases directly normalised away by an instance norm. Their true gradient is
-exactly zero, so what they receive is float rounding noise, which Adam scales up to ±lr per step
-differently in the two runs. The test proves each such bias is irrelevant (a +1 shift changes no
-output) and that the two supernets give the same images for several sub-networks.
+What "the same" can mean, measured: the two runs are NOT equal to a fixed tolerance on every
+weight. Two ranks sum each gradient in a different order than one process, and Adam turns that
+rounding noise into a full +-lr step wherever a gradient is itself at rounding level (biases under
+an instance norm, dead units): such elements differ by up to 2*lr per step, which on one CPU hit
+only biases and on another CPU also `model.1.weight`. The thread count of the one-process run does
+not matter (1 and 2 threads gave bit-identical weights). So the test claims what DDP must deliver,
+as ratios that do not depend on the CPU: the two runs differ far less than training moved them,
+in weights and in the images of several sub-networks. Measured (2 cores, AVX-512): weight
+disagreement 0.5% (supernet) / 0.03% (D) of the distance trained, image disagreement 0.2% /
+0.0006%. A deliberately broken variant (every rank training on rank 0's shard) gave 50% / 54% and
+16% / 6%, so the bounds below (5% of weights, 2% of images) separate right from wrong with a
+10x / 3x margin either side.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 OVERRIDES = {"teacher.steps": 2, "distill.steps": 2, "supernet.steps": 4, "teacher.norm_d": "instance",
              "distill.batch_size": 4}
-ATOL = 5e-6
+WEIGHT_RATIO = 0.05  # mean |one - two| / mean |one - start| over a file's weights
+IMAGE_RATIO = 0.02  # the same for the images of several sub-networks
 FILES = ("supernet.pth", "mapper.pth", "net_D.pth")
 
 pytestmark = pytest.mark.timeout(300)
@@ -74,20 +82,14 @@ def _models(job):
     return sn.eval(), d.eval()
 
 
-def _normalised_away(model: torch.nn.Module, key: str, run, x: torch.Tensor) -> bool:
-    """Whether shifting parameter `key` by +1 leaves the model's output unchanged."""
-    ref = run(model, x)
-    param = dict(model.named_parameters())[key]
-    with torch.no_grad():
-        param += 1.0
-        moved = run(model, x)
-        param -= 1.0
-    return torch.allclose(ref, moved, atol=1e-4)
+def _mean_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return torch.cat([(a[k] - b[k]).abs().flatten() for k in a]).mean().item()
 
 
 def test_two_ranks_train_the_same_supernet_as_one_process(runs: dict[str, Path]) -> None:
     job = load_config("tiny", OVERRIDES)
-    x = torch.rand(2, job.data.input_nc, job.data.crop_size, job.data.crop_size) * 2 - 1
+    x = torch.rand(2, job.data.input_nc, job.data.crop_size, job.data.crop_size,
+                   generator=torch.Generator().manual_seed(0)) * 2 - 1
     sn, disc = _models(job)
     space = sn.space
     configs = [space.largest(), space.smallest(), space.sample(random.Random(7))]
@@ -100,21 +102,22 @@ def test_two_ranks_train_the_same_supernet_as_one_process(runs: dict[str, Path])
         two = _load(runs["two"] / "train-supernet" / name)
         start = _load(runs["base"] / "distill" / name)
         assert one.keys() == two.keys()
-        moved = max((one[k] - start[k]).abs().max().item() for k in one)
-        assert moved > 100 * ATOL, f"{name}: training did not move the weights ({moved})"
-        differ = [k for k in one if not torch.allclose(one[k], two[k], rtol=0, atol=ATOL)]
+        trained = _mean_abs_diff(one, start)
+        assert trained > 1e-5, f"{name}: training did not move the weights ({trained})"
+        apart = _mean_abs_diff(one, two)
+        assert apart <= WEIGHT_RATIO * trained, f"{name}: runs {apart:.3g} apart, training moved {trained:.3g}"
         if name not in runners:
-            assert not differ, f"{name}: {differ}"
             continue
         model, run = runners[name]
-        model.load_state_dict(one)
         with torch.no_grad():
-            for key in differ:
-                assert key.endswith("bias") and _normalised_away(model, key, run, x), f"{name}: {key} differs"
-            out_one = run(model, x)
-            model.load_state_dict(two)
-            out_two = run(model, x)
-        assert torch.allclose(out_one, out_two, rtol=0, atol=1e-4), (out_one - out_two).abs().max()
+            images = {}
+            for key, weights in (("start", start), ("one", one), ("two", two)):
+                model.load_state_dict(weights)
+                images[key] = run(model, x)
+        trained = (images["one"] - images["start"]).abs().mean().item()
+        apart = (images["one"] - images["two"]).abs().mean().item()
+        assert trained > 0, f"{name}: training did not change the images"
+        assert apart <= IMAGE_RATIO * trained, f"{name}: images {apart:.3g} apart, training moved them {trained:.3g}"
 
 
 def test_two_ranks_leave_the_run_dir_like_one_process(runs: dict[str, Path]) -> None:
