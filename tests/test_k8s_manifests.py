@@ -24,6 +24,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +35,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from _service_helpers import TASK, start_service
+from _service_helpers import TASK, make_artifact, start_service
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
@@ -520,3 +521,129 @@ def test_probe_and_scrape_paths_answer_on_a_real_service(s3_server, tmp_path: Pa
             for name in ["pocketgan_model_swaps_total", *custom]:
                 assert re.search(rf"^{name}[{{ ]", metrics.text, re.M), f"{name} not on {sm_path}"
             assert c.get("/no-such-probe").status_code == 404  # a wrong path would have been caught
+
+
+# Run a command on a read-only view of this machine: in a private mount namespace every mount is
+# remounted read-only except the directories in $RO_ROOT_WRITABLE (bind-mounted onto themselves
+# first, so they stay writable and the test can look at what was written). $RO_ROOT_PROBE, a path
+# outside them, must not be writable, or the view is not read-only and the run stops (exit 97).
+RO_ROOT_SCRIPT = r"""
+set -eu
+for d in $RO_ROOT_WRITABLE; do mount --bind "$d" "$d"; done
+awk '{print $2}' /proc/self/mounts | sort -u | while read -r mp; do
+  case "$mp" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;; esac
+  case " $RO_ROOT_WRITABLE " in *" $mp "*) continue ;; esac
+  mount -o remount,bind,ro "$mp" 2>/dev/null || true
+done
+if touch "$RO_ROOT_PROBE" 2>/dev/null; then echo "root filesystem still writable" >&2; exit 97; fi
+exec "$@"
+"""
+
+
+def _read_only_runner(tmp_path: Path) -> list[str] | None:
+    """`unshare` prefix that can build the read-only view here (root, or an unprivileged user namespace)."""
+    if shutil.which("unshare") is None:
+        return None
+    writable, probe = tmp_path / "probe-w", tmp_path / "probe-ro"
+    writable.mkdir()
+    for prefix in (["unshare", "-m", "--propagation", "private"], ["unshare", "-r", "-m", "--propagation", "private"]):
+        check = subprocess.run(
+            [*prefix, "sh", "-c", RO_ROOT_SCRIPT, "sh", "touch", str(writable / "ok")],
+            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "RO_ROOT_WRITABLE": str(writable),
+                 "RO_ROOT_PROBE": str(probe)},
+            capture_output=True, timeout=30, check=False,
+        )
+        if check.returncode == 0 and (writable / "ok").exists() and not probe.exists():
+            return prefix
+    return None
+
+
+def test_service_runs_on_a_read_only_root_with_only_the_deployments_emptydirs_writable(
+    s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real `bentoml serve` (as in the pod: ConfigMap settings, the Deployment's env) with every
+    path read-only except stand-ins for the Deployment's emptyDirs: it becomes ready, translates,
+    serves /metrics, writes its Prometheus files under BENTOML_HOME, and logs no read-only error."""
+    import service.cli
+
+    runner = _read_only_runner(tmp_path)
+    if runner is None:
+        pytest.skip("cannot build a read-only view here (`unshare -m` not permitted)")
+    pod = _pod("Deployment")
+    container = pod["spec"]["containers"][0]
+    cm = _one("ConfigMap")
+    stand_in = _emptydir_stand_ins(pod, tmp_path)
+
+    def mapped(value: str) -> str:
+        mount = max((mp for mp in stand_in if _on(value, [mp])), key=len)
+        return str(stand_in[mount]) + value[len(mount.rstrip("/")):]
+
+    env = {k: v for k, v in cm["data"].items() if k.startswith("POCKETGAN_SERVICE_")}
+    env["POCKETGAN_SERVICE_POLL_INTERVAL_S"] = "1"
+    env.update({name: mapped(_env_value(container, cm, name)) for name in WRITABLE_ENV["Deployment"]})
+    env["RO_ROOT_WRITABLE"] = " ".join(str(d) for d in stand_in.values())
+    env["RO_ROOT_PROBE"] = str(tmp_path / "probe-service")
+    original = service.cli.serve_command
+    monkeypatch.setattr(service.cli, "serve_command",
+                        lambda port, host: [*runner, "sh", "-c", RO_ROOT_SCRIPT, "sh", *original(port, host)])
+    with start_service(s3_server, tmp_path, [("a", 8, 0, 20.0)], ["a"], workers=1, env_overrides=env) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30.0) as c:
+            assert c.get("/readyz").status_code == 200
+            assert srv.translate(c).status_code == 200
+            assert c.get("/metrics").status_code == 200
+        log = srv.log.read_text(errors="replace")
+    assert not (tmp_path / "probe-service").exists()
+    assert "Read-only file system" not in log and "EROFS" not in log, log[-3000:]
+    bentoml_home = Path(env["BENTOML_HOME"])
+    assert any((bentoml_home / "prometheus_multiproc_dir").iterdir()), "BentoML did not write under BENTOML_HOME"
+    cache = Path(env["POCKETGAN_CACHE_DIR"])
+    assert any(cache.rglob("model.onnx")), "the model cache is not where POCKETGAN_CACHE_DIR points"
+
+
+def _emptydir_stand_ins(pod: dict, tmp_path: Path) -> dict[str, Path]:
+    """Container mount path -> a fresh directory here, for every emptyDir the container mounts."""
+    volumes = {v["name"] for v in pod["spec"]["volumes"] if "emptyDir" in v}
+    stand_in = {}
+    for m in pod["spec"]["containers"][0]["volumeMounts"]:
+        assert m["name"] in volumes
+        stand_in[m["mountPath"]] = tmp_path / f"emptydir-{m['name']}"
+        stand_in[m["mountPath"]].mkdir()
+    return stand_in
+
+
+def test_profile_job_runs_on_a_read_only_root_with_only_its_emptydirs_writable(
+    registry, registry_env, tmp_path: Path
+) -> None:
+    """The Job's own `pocketgan profile` arguments (CPU provider, tiny sizes instead of CUDA and 256/512)
+    with every path read-only except stand-ins for the Job's emptyDirs: it profiles the promoted set
+    and writes the profile to S3, its cache lands on the cache emptyDir, no read-only error."""
+    runner = _read_only_runner(tmp_path)
+    if runner is None:
+        pytest.skip("cannot build a read-only view here (`unshare -m` not permitted)")
+    pod = _pod("Job")
+    container, cm = pod["spec"]["containers"][0], _one("ConfigMap")
+    stand_in = _emptydir_stand_ins(pod, tmp_path)
+
+    def mapped(value: str) -> str:
+        mount = max((mp for mp in stand_in if _on(value, [mp])), key=len)
+        return str(stand_in[mount]) + value[len(mount.rstrip("/")):]
+
+    art, manifest, _ = make_artifact(tmp_path / "artifacts", 8, 0, None)
+    registry.publish_dir(art)
+    registry.promote(TASK, "production", [manifest.artifact_id])
+    args, replace = [], {"--provider": "CPUExecutionProvider", "--resolution": "16", "--runs": "2"}
+    for i, a in enumerate(container["args"]):
+        prev = container["args"][i - 1] if i else None
+        args.append(replace.get(prev, a))
+    args += ["--warmup", "0", "--threads", "1"]
+    hardware_tag = args[args.index("--hardware-tag") + 1]
+    env = {**registry_env, **{name: mapped(_env_value(container, cm, name)) for name in WRITABLE_ENV["Job"]}}
+    env["RO_ROOT_WRITABLE"] = " ".join(str(d) for d in stand_in.values())
+    env["RO_ROOT_PROBE"] = str(tmp_path / "probe-job")
+    run = subprocess.run([*runner, "sh", "-c", RO_ROOT_SCRIPT, "sh", sys.executable, "-m", "pocketgan", *args],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Read-only file system" not in run.stderr + run.stdout, run.stderr[-3000:]
+    assert not (tmp_path / "probe-job").exists()
+    assert [m.artifact_id for m in registry.list(hardware_tag=hardware_tag)] == [manifest.artifact_id]
+    assert any(Path(env["POCKETGAN_CACHE_DIR"]).rglob("model.onnx"))
