@@ -5,8 +5,10 @@ component gets an explicit free port (gRPC ports are http + 10000, so both must 
 server binds to 127.0.0.1 only, telemetry is off, and the credentials in the environment at
 start become the admin identity, so S3 authentication is on.
 
-Only the S3 port answers without a key this process holds: SeaweedFS's other components listen on
-127.0.0.1 too (the S3 gateway talks to them), so they are locked down for other local processes:
+Only the S3 port lets another local process read or change objects (with the S3 credentials):
+SeaweedFS's other components listen on 127.0.0.1 too (the S3 gateway talks to them), so they are
+locked down with keys only the data dir holds (what stays readable: the master's status page and
+the volume server's /status, metadata without object data):
 
 - filer and master: `-disableHttp` (no filer HTTP API, no master /dir/assign, /col/delete, ...);
 - volume server and filer: JWT signing keys for writes and reads (`security.toml`), random per start;
@@ -545,9 +547,10 @@ def s3_up(data_dir: Path, port: int | None, bucket: str, prefix: str, access_key
 
     Use it as `eval "$(pocketgan s3 up)"`. The secret key is random per --dir (made on the first
     start, kept in DIR/secret_key with mode 0600, reused on restart); the printed line reads it
-    from that file instead of showing it. Only the S3 port accepts requests from other local
-    processes: SeaweedFS's filer, master, volume and admin ports need keys kept in DIR/config
-    (JWT, mutual TLS), WebDAV is off.
+    from that file instead of showing it. Only the S3 port lets other local processes read or
+    change objects: SeaweedFS's filer and master HTTP APIs are off, its volume server wants JWTs
+    and every gRPC port a client certificate (keys in DIR/config, new at each start), WebDAV and
+    the admin UI are off.
     """
     existing = running(data_dir)
     if existing is not None:
