@@ -27,6 +27,7 @@ the data dir is 0700 and the state file 0600. The secret is never printed unless
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import os
@@ -36,6 +37,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,8 @@ from pathlib import Path
 
 import click
 from pydantic import BaseModel, Field, SecretStr
+
+from registry.config import BUCKET_PATTERN
 
 DEFAULT_ACCESS_KEY = "pocketgan"
 DEFAULT_BUCKET = "pocketgan"
@@ -343,10 +347,20 @@ def _write_security_config(config_dir: Path) -> Path:
 
 
 def _socket_dir(config_dir: Path) -> Path:
-    """Where weed's unix sockets go: the private config dir, or a fresh private temp dir when that
-    path is too long for a socket name (108 bytes on Linux)."""
+    """Where weed's unix sockets go: the private config dir, or, when that path is too long for a
+    socket name (108 bytes on Linux), a private dir in the temp dir named after it (reused on
+    restart; a fresh random one if that name is taken by anything but our own 0700 dir)."""
     if len(os.fsencode(config_dir / "filer.sock")) < 100:
         return config_dir
+    digest = hashlib.sha256(os.fsencode(config_dir)).hexdigest()[:16]
+    short = Path(tempfile.gettempdir()) / f"pocketgan-s3-{os.getuid()}-{digest}"
+    try:
+        short.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = short.lstat()
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700:
+        return short
     return Path(tempfile.mkdtemp(prefix="pocketgan-s3-"))  # mode 0700
 
 
@@ -361,6 +375,8 @@ def start_local_s3(
     """Start `weed mini` in the background (own session, so it outlives this process) and wait
     until S3 answers an authenticated request; creates `bucket` if given. The secret key is the
     data dir's own (made on first start, see `data_dir_secret`)."""
+    if bucket is not None and (not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket):
+        raise LocalS3Error(f"invalid bucket name {bucket!r} (3-63 characters a-z 0-9 . -)")
     weed = find_weed()
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import ssl
 import stat
@@ -284,3 +285,32 @@ def test_start_refuses_a_busy_port(tmp_path: Path) -> None:
         s.listen(1)
         with pytest.raises(Exception, match="already in use"):
             start_local_s3(tmp_path / "busy", port=busy)
+
+
+def test_invalid_bucket_is_refused_before_starting(tmp_path: Path) -> None:
+    """A bucket S3 would reject fails at once with the rule, instead of a start-up that never gets ready."""
+    up = _run("s3", "up", "--dir", str(tmp_path / "s3"), "--bucket", "b", env=_clean_env())
+    assert up.returncode == 1 and "invalid bucket name 'b'" in up.stderr
+    assert read_state(tmp_path / "s3") is None and not (tmp_path / "s3").exists()
+
+
+def test_sockets_of_a_long_data_dir_go_to_a_private_short_dir(tmp_path: Path) -> None:
+    """Unix socket names are limited to 108 bytes: a long --dir still starts, its sockets in a 0700 dir."""
+    data_dir = tmp_path / ("d" * 100)
+    handle = start_local_s3(data_dir, bucket="long-dir")
+    sock_dirs: set[Path] = set()
+    try:
+        client = handle.boto3_client()
+        client.put_object(Bucket="long-dir", Key="k", Body=b"v")
+        assert client.get_object(Bucket="long-dir", Key="k")["Body"].read() == b"v"
+        socket_args = [a for a in Path(f"/proc/{handle.pid}/cmdline").read_bytes().split(b"\0")
+                       if a.startswith((b"-filer.localSocket=", b"-s3.localSocket="))]
+        assert len(socket_args) == 2
+        for arg in socket_args:
+            sock_dir = Path(os.fsdecode(arg.split(b"=", 1)[1])).parent
+            sock_dirs.add(sock_dir)
+            assert len(os.fsencode(sock_dir)) < 100 and _mode(sock_dir) == 0o700
+    finally:
+        stop(handle.pid)
+        for d in sock_dirs:
+            shutil.rmtree(d, ignore_errors=True)
