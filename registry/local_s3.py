@@ -322,27 +322,22 @@ def _write_security_config(config_dir: Path) -> Path:
     os.chmod(config_dir, 0o700)
     ca, cert, key = _write_certificates(config_dir / "tls")
 
-    def q(value: str | Path) -> str:  # a TOML basic string (JSON string syntax is a subset here)
-        return json.dumps(str(value))
+    import tomli_w
 
-    def jwt() -> str:
-        return q(secrets.token_urlsafe(32))
+    def jwt(**extra: object) -> dict:
+        return {"key": secrets.token_urlsafe(32), "expires_after_seconds": 10, **extra}
 
-    lines = [
-        "# written by pocketgan (registry/local_s3.py) at every start; keys are random per start",
-        "[jwt.signing]", f"key = {jwt()}", "expires_after_seconds = 10",
-        "[jwt.signing.read]", f"key = {jwt()}", "expires_after_seconds = 10",
-        "[jwt.filer_signing]", f"key = {jwt()}", "expires_after_seconds = 10",
-        "[jwt.filer_signing.read]", f"key = {jwt()}", "expires_after_seconds = 10",
-        "[access]", "ui = false",
-        "[filer.expose_directory_metadata]", "enabled = false",
-        "[admin]", 'user = "admin"', f"password = {jwt()}",
-        "[grpc]", f"ca = {q(ca)}",
-    ]
-    for section in _GRPC_SECTIONS:
-        lines += [f"[grpc.{section}]", f"cert = {q(cert)}", f"key = {q(key)}"]
+    tls = {"cert": str(cert), "key": str(key)}
+    config = {
+        "jwt": {"signing": jwt(read=jwt()), "filer_signing": jwt(read=jwt())},
+        "access": {"ui": False},
+        "filer": {"expose_directory_metadata": {"enabled": False}},
+        "admin": {"user": "admin", "password": secrets.token_urlsafe(32)},
+        "grpc": {"ca": str(ca), **{section: dict(tls) for section in _GRPC_SECTIONS}},
+    }
+    header = "# written by pocketgan (registry/local_s3.py) at every start; keys are random per start\n"
     path = config_dir / "security.toml"
-    _write_private(path, "\n".join(lines) + "\n")
+    _write_private(path, header + tomli_w.dumps(config))
     return path
 
 
