@@ -165,8 +165,17 @@ def free_port_pair(taken: set[int] | None = None, low: int = 20000, high: int = 
     raise LocalS3Error("could not find free ports for the local S3 server")
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _wait_ready(handle: LocalS3Handle, proc: subprocess.Popen | None, timeout_s: float) -> None:
-    """Poll with an authenticated request until S3 answers; fail with the log tail if weed dies."""
+    """Poll with an authenticated request until S3 answers and every other component listens
+    (the admin server starts last, after S3); fail with the log tail if weed dies."""
     from botocore.config import Config
     import boto3
 
@@ -192,7 +201,10 @@ def _wait_ready(handle: LocalS3Handle, proc: subprocess.Popen | None, timeout_s:
             client.list_buckets()
             if handle.bucket:
                 _ensure_bucket(client, handle.bucket)
-            return
+            waiting = [p for p in handle.internal_ports.values() for p in (p, p + GRPC_OFFSET) if not _listening(p)]
+            if not waiting:
+                return
+            last = f"ports {waiting} not listening yet"
         except Exception as exc:  # noqa: BLE001 - not up yet: connection refused, 503, ...
             last = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         time.sleep(0.3)

@@ -170,7 +170,7 @@ def _http(port: int, method: str, path: str, body: bytes | None = None) -> int:
         conn.close()
 
 
-def test_filer_master_volume_admin_http_cannot_touch_objects(s3_server: LocalS3Handle) -> None:
+def test_only_credentialed_s3_can_touch_objects(s3_server: LocalS3Handle) -> None:
     """The issue's attack: `curl -X PUT` to the filer port rewrote `aliases/.../production.json` (201)."""
     client = s3_server.boto3_client()
     key = f"lockdown-{uuid.uuid4().hex[:8]}/aliases/facades/production.json"
@@ -195,7 +195,12 @@ def test_filer_master_volume_admin_http_cannot_touch_objects(s3_server: LocalS3H
         ("volume", "GET", "/1,01637037d6", None),
         ("admin", "GET", "/api/cluster/topology", None),
         ("admin", "GET", "/", None),
+        # and the S3 port itself without credentials (anonymous access is off)
+        ("s3", "PUT", f"/{s3_server.bucket}/{key}", b'{"artifact_id": "evil"}'),
+        ("s3", "DELETE", f"/{s3_server.bucket}/{key}", None),
+        ("s3", "GET", f"/{s3_server.bucket}/{key}", None),
     ]
+    ports = {**ports, "s3": s3_server.port}
     for component, method, path, body in attempts:
         # a status proves the port is alive (not a vacuous "connection refused")
         status = _http(ports[component], method, path, body)
