@@ -26,7 +26,7 @@ import httpx
 from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
-from registry.local_s3 import LocalS3Handle, running, start_local_s3, write_state
+from registry.local_s3 import LocalS3Handle, export_lines, running, start_local_s3, write_state
 
 if TYPE_CHECKING:
     from compression_jobs.data import Sample
@@ -270,7 +270,7 @@ def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_s
         click.echo(f"summary:        {summary}")
         click.echo(f"service log:    {workdir / 'service.log'}")
         click.echo(f"registry:       pocketgan registry ls --task {task}   (after the export lines below)")
-        click.echo("\n".join(f"export {k}={v}" for k, v in handle.env().items()))
+        click.echo(export_lines(handle))  # the secret stays in its 0600 file
         click.echo(f"stop S3 with:   pocketgan s3 down --dir {workdir / 's3'}")
         if keep_serving:
             click.echo(f"\nserving on {svc.url} — Ctrl-C to stop")

@@ -8,7 +8,13 @@
   the service's own env reads), ConfigMap values (parsed by the real settings classes), the
   profile Job's arguments (parsed by the real `pocketgan profile` command);
 - a real `bentoml serve`, configured with the ConfigMap's service settings, answers the
-  probe paths and the scrape path, and exposes the HPA's custom metric.
+  probe paths and the scrape path, and exposes the HPA's custom metric;
+- hardening (issue 12): read-only root filesystem with every writable path an emptyDir with a
+  sizeLimit, no service-account token, CPU and memory limits, NetworkPolicies (ingress to the
+  service port only from named namespaces, egress only to DNS and the ConfigMap's S3), each with
+  broken copies that must be caught; and the real `bentoml serve` runs on a read-only root with
+  only the Deployment's emptyDir paths writable (a private mount namespace; skipped where
+  `unshare` is not permitted).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import httpx
@@ -27,13 +35,19 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from _service_helpers import TASK, start_service
+from _service_helpers import TASK, make_artifact, start_service
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
 K8S_VERSION = "1.30.0"  # oldest version we claim to support; autoscaling/v2 and policy/v1 are GA there
 SERVICE_MONITOR_SCHEMA = K8S / "schemas" / "servicemonitor_v1.json"
 BOTO3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"}
+# variables read by libraries, set in the manifests to move their writes onto emptyDirs
+LIBRARY_ENV = {
+    "BENTOML_HOME": "BentoML: Prometheus multiprocess dir (and any other run-time files)",
+    "TMPDIR": "Python tempfile: Starlette spools large uploads there",
+    "CUDA_CACHE_PATH": "CUDA driver: kernel JIT cache (default ~/.nv, read-only here)",
+}
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,7 +97,7 @@ def test_kustomization_lists_every_manifest() -> None:
     assert listed == present
     kinds = sorted(d["kind"] for d in _docs())
     assert kinds == sorted(["Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
-                            "PodDisruptionBudget", "ServiceMonitor", "Job"])
+                            "PodDisruptionBudget", "ServiceMonitor", "Job", "NetworkPolicy", "NetworkPolicy"])
 
 
 @pytest.mark.parametrize("doc", _docs(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
@@ -172,7 +186,7 @@ def _allowed_env_names() -> set[str]:
     from registry.config import RegistrySettings
     from service.settings import ServiceSettings
 
-    names = set(BOTO3_ENV)
+    names = set(BOTO3_ENV) | set(LIBRARY_ENV)
     for cls in (RegistrySettings, ServiceSettings):
         prefix = cls.model_config["env_prefix"]
         for field, info in cls.model_fields.items():
@@ -268,6 +282,222 @@ def test_kubectl_kustomize_renders_the_set() -> None:
     assert images == {f"{i['newName']}:{i['newTag']}" for i in _kustomization()["images"]}
 
 
+# ----------------------------------------------------------------------------- hardening
+
+# env variables whose value is a path the process writes to: each must lie on an emptyDir
+WRITABLE_ENV = {
+    "Deployment": ("POCKETGAN_CACHE_DIR", "BENTOML_HOME", "TMPDIR"),
+    "Job": ("POCKETGAN_CACHE_DIR", "TMPDIR", "CUDA_CACHE_PATH"),
+}
+
+
+def _env_value(container: dict, configmap: dict, name: str) -> str | None:
+    for e in container.get("env", []):
+        if e["name"] == name:
+            return e.get("value")
+    if container.get("envFrom"):
+        return configmap["data"].get(name)
+    return None
+
+
+def _on(path: str, mounts: list[str]) -> bool:
+    return any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts)
+
+
+def _hardening_problems(pod: dict, configmap: dict, writable_env: tuple[str, ...]) -> list[str]:
+    """What keeps a pod template from the hardening rules (empty list: none)."""
+    problems = []
+    spec = pod["spec"]
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append("service-account token is mounted")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for name, v in volumes.items():
+        if set(v) != {"name", "emptyDir"}:
+            problems.append(f"volume {name} is not an emptyDir")
+        elif not v["emptyDir"].get("sizeLimit"):
+            problems.append(f"emptyDir {name} has no sizeLimit")
+    for c in spec["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{c['name']}: root filesystem is writable")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c['name']}: privilege escalation allowed")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append(f"{c['name']}: capabilities not all dropped")
+        resources = c.get("resources", {})
+        for kind, resource in (("limits", "cpu"), ("limits", "memory"), ("requests", "cpu"), ("requests", "memory")):
+            if resource not in resources.get(kind, {}):
+                problems.append(f"{c['name']}: no {resource} {kind[:-1]}")
+        mounts = []
+        for m in c.get("volumeMounts", []):
+            if m["name"] not in volumes:
+                problems.append(f"{c['name']}: mount {m['mountPath']} of an undeclared volume")
+            else:
+                mounts.append(m["mountPath"])
+        if "/tmp" not in mounts:
+            problems.append(f"{c['name']}: /tmp is not an emptyDir")
+        for name in writable_env:
+            value = _env_value(c, configmap, name)
+            if value is None:
+                problems.append(f"{c['name']}: {name} is not set")
+            elif not _on(value, mounts):
+                problems.append(f"{c['name']}: {name}={value} is not on an emptyDir")
+    return problems
+
+
+@pytest.mark.parametrize("kind", sorted(WRITABLE_ENV))
+def test_pods_are_hardened(kind: str) -> None:
+    assert _hardening_problems(_pod(kind), _one("ConfigMap"), WRITABLE_ENV[kind]) == []
+
+
+def _broken_hardening() -> list[tuple[str, str, dict, str]]:
+    """(what, kind, broken pod template, expected problem) for the hardening checker."""
+    cases = []
+
+    def case(what: str, kind: str, expected: str, edit) -> None:  # noqa: ANN001 - edit(pod) mutates a copy
+        pod = copy.deepcopy(_pod(kind))
+        edit(pod)
+        cases.append((what, kind, pod, expected))
+
+    c0 = lambda pod: pod["spec"]["containers"][0]  # noqa: E731
+    case("writable root", "Deployment", "root filesystem is writable",
+         lambda p: c0(p)["securityContext"].update(readOnlyRootFilesystem=False))
+    case("token mounted", "Deployment", "service-account token", lambda p: p["spec"].pop("automountServiceAccountToken"))
+    case("token mounted (job)", "Job", "service-account token",
+         lambda p: p["spec"].update(automountServiceAccountToken=True))
+    case("emptyDir without sizeLimit", "Deployment", "has no sizeLimit",
+         lambda p: p["spec"]["volumes"][0].update(emptyDir={}))
+    case("hostPath volume", "Job", "is not an emptyDir",
+         lambda p: p["spec"]["volumes"][0].update(emptyDir=None, hostPath={"path": "/var/cache"}) or
+         p["spec"]["volumes"][0].pop("emptyDir"))
+    case("no CPU limit", "Deployment", "no cpu limit", lambda p: c0(p)["resources"]["limits"].pop("cpu"))
+    case("no CPU limit (job)", "Job", "no cpu limit", lambda p: c0(p)["resources"]["limits"].pop("cpu"))
+    case("BENTOML_HOME inside the image", "Deployment", "BENTOML_HOME=/home/bentoml/ is not on an emptyDir",
+         lambda p: next(e for e in c0(p)["env"] if e["name"] == "BENTOML_HOME").update(value="/home/bentoml/"))
+    case("BENTOML_HOME unset", "Deployment", "BENTOML_HOME is not set",
+         lambda p: c0(p).update(env=[e for e in c0(p)["env"] if e["name"] != "BENTOML_HOME"]))
+    case("no /tmp emptyDir", "Job", "/tmp is not an emptyDir",
+         lambda p: c0(p).update(volumeMounts=[m for m in c0(p)["volumeMounts"] if m["mountPath"] != "/tmp"]))
+    case("privilege escalation", "Job", "privilege escalation",
+         lambda p: c0(p)["securityContext"].pop("allowPrivilegeEscalation"))
+    return cases
+
+
+@pytest.mark.parametrize("what,kind,pod,expected", _broken_hardening(), ids=[c[0] for c in _broken_hardening()])
+def test_unhardened_pod_is_caught(what: str, kind: str, pod: dict, expected: str) -> None:
+    problems = _hardening_problems(pod, _one("ConfigMap"), WRITABLE_ENV[kind])
+    assert any(expected in p for p in problems), problems
+
+
+def _s3_destination(configmap: dict) -> tuple[str, int]:
+    """(namespace, port) of the in-cluster S3 in POCKETGAN_S3_ENDPOINT (http://<svc>.<namespace>.svc:<port>)."""
+    url = urlsplit(configmap["data"]["POCKETGAN_S3_ENDPOINT"])
+    parts = (url.hostname or "").split(".")
+    assert len(parts) >= 3 and parts[2] == "svc", f"not an in-cluster service address: {url.hostname}"
+    return parts[1], url.port or (443 if url.scheme == "https" else 80)
+
+
+def _namespaces(peers: list[dict]) -> set[str | None]:
+    return {p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") for p in peers}
+
+
+def _network_problems(policy: dict, served_ports: dict[str, int] | None, s3: tuple[str, int]) -> list[str]:
+    """What lets more through `policy` than the pod needs. `served_ports`: container ports by name
+    (None: the pod serves nothing, so no ingress at all)."""
+    problems = []
+    spec = policy["spec"]
+    if sorted(spec.get("policyTypes", [])) != ["Egress", "Ingress"]:
+        problems.append("policy does not restrict both Ingress and Egress")
+    covered = set()
+    for rule in spec.get("ingress", []):
+        if served_ports is None:
+            problems.append("ingress allowed to a pod that serves nothing")
+            continue
+        if not rule.get("from"):
+            problems.append("ingress rule open to every source")
+        for peer in rule.get("from", []):
+            if "ipBlock" in peer or not (peer.get("namespaceSelector", {}).get("matchLabels") or peer.get("podSelector")):
+                problems.append(f"ingress from too wide a source: {peer}")
+        if not rule.get("ports"):
+            problems.append("ingress rule open on every port")
+        for port in rule.get("ports", []):
+            name = next((n for n, num in served_ports.items() if port["port"] in (n, num)), None)
+            if name is None:
+                problems.append(f"ingress to port {port['port']}, which the pod does not serve")
+            covered.add(name)
+    if served_ports is not None and set(served_ports) - covered:
+        problems.append(f"container ports nobody may reach: {sorted(set(served_ports) - covered)}")
+    allowed = set()
+    for rule in spec.get("egress", []):
+        ports = {(p.get("protocol", "TCP"), p.get("port")) for p in rule.get("ports", [])}
+        namespaces = _namespaces(rule.get("to", []))
+        if not rule.get("to") or not ports:
+            problems.append(f"egress rule open to every destination or port: {rule}")
+        elif ports <= {("UDP", 53), ("TCP", 53)} and namespaces == {"kube-system"}:
+            allowed.add("dns")
+        elif ports == {("TCP", s3[1])} and namespaces == {s3[0]}:
+            allowed.add("s3")
+        else:
+            problems.append(f"egress to something other than DNS or the S3 endpoint: {rule}")
+    if allowed != {"dns", "s3"}:
+        problems.append(f"egress must allow DNS and S3, allows {sorted(allowed)}")
+    return problems
+
+
+def _policies_selecting(labels: dict, docs: list[dict] | None = None) -> list[dict]:
+    return [d for d in (docs or _docs()) if d["kind"] == "NetworkPolicy" and _selects(d["spec"]["podSelector"], labels)]
+
+
+def test_network_policies_allow_only_what_the_pods_need() -> None:
+    docs = _docs()
+    s3 = _s3_destination(_one("ConfigMap", docs))
+    for kind in ("Deployment", "Job"):
+        pod = _pod(kind)
+        policies = _policies_selecting(pod["metadata"]["labels"], docs)
+        assert len(policies) == 1, f"{kind}: {len(policies)} NetworkPolicies select its pods"
+        ports = pod["spec"]["containers"][0].get("ports")
+        served = {p["name"]: p["containerPort"] for p in ports} if ports else None
+        assert (served is None) == (kind == "Job")
+        assert _network_problems(policies[0], served, s3) == [], kind
+
+
+def _broken_network() -> list[tuple[str, str, dict, tuple[str, int] | None, str]]:
+    docs = _docs()
+    service = _policies_selecting(_pod("Deployment")["metadata"]["labels"], docs)[0]
+    job = _policies_selecting(_pod("Job")["metadata"]["labels"], docs)[0]
+    cases = []
+
+    def case(what: str, base: dict, expected: str, edit, s3: tuple[str, int] | None = None) -> None:  # noqa: ANN001
+        policy = copy.deepcopy(base)
+        edit(policy["spec"])
+        cases.append((what, "Deployment" if base is service else "Job", policy, s3, expected))
+
+    case("ingress from anywhere", service, "open to every source", lambda s: s["ingress"][0].pop("from"))
+    case("ingress from every namespace", service, "too wide a source",
+         lambda s: s["ingress"][0]["from"].append({"namespaceSelector": {}}))
+    case("ingress on every port", service, "open on every port", lambda s: s["ingress"][0].pop("ports"))
+    case("ingress to a port not served", service, "does not serve",
+         lambda s: s["ingress"][0]["ports"].append({"protocol": "TCP", "port": 9090}))
+    case("ingress to the job", job, "serves nothing", lambda s: s.update(ingress=[{"from": [{"podSelector": {}}]}]))
+    case("egress anywhere", service, "open to every destination", lambda s: s["egress"].append({}))
+    case("egress to the internet", job, "other than DNS or the S3",
+         lambda s: s["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}))
+    case("no egress policy type", service, "both Ingress and Egress", lambda s: s.update(policyTypes=["Ingress"]))
+    case("S3 moved (ConfigMap endpoint on another port)", service, "other than DNS or the S3", lambda s: None,
+         s3=("storage", 9000))
+    case("no DNS", job, "must allow DNS and S3", lambda s: s["egress"].pop(0))
+    return cases
+
+
+@pytest.mark.parametrize("what,kind,policy,s3,expected", _broken_network(), ids=[c[0] for c in _broken_network()])
+def test_too_open_network_policy_is_caught(what: str, kind: str, policy: dict, s3, expected: str) -> None:  # noqa: ANN001
+    _validate(policy)  # still a valid resource: only the rule checker can catch it
+    ports = _pod(kind)["spec"]["containers"][0].get("ports")
+    served = {p["name"]: p["containerPort"] for p in ports} if ports else None
+    problems = _network_problems(policy, served, s3 or _s3_destination(_one("ConfigMap")))
+    assert any(expected in p for p in problems), problems
+
+
 # ----------------------------------------------------------------------------- the real service
 
 
@@ -291,3 +521,129 @@ def test_probe_and_scrape_paths_answer_on_a_real_service(s3_server, tmp_path: Pa
             for name in ["pocketgan_model_swaps_total", *custom]:
                 assert re.search(rf"^{name}[{{ ]", metrics.text, re.M), f"{name} not on {sm_path}"
             assert c.get("/no-such-probe").status_code == 404  # a wrong path would have been caught
+
+
+# Run a command on a read-only view of this machine: in a private mount namespace every mount is
+# remounted read-only except the directories in $RO_ROOT_WRITABLE (bind-mounted onto themselves
+# first, so they stay writable and the test can look at what was written). $RO_ROOT_PROBE, a path
+# outside them, must not be writable, or the view is not read-only and the run stops (exit 97).
+RO_ROOT_SCRIPT = r"""
+set -eu
+for d in $RO_ROOT_WRITABLE; do mount --bind "$d" "$d"; done
+awk '{print $2}' /proc/self/mounts | sort -u | while read -r mp; do
+  case "$mp" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;; esac
+  case " $RO_ROOT_WRITABLE " in *" $mp "*) continue ;; esac
+  mount -o remount,bind,ro "$mp" 2>/dev/null || true
+done
+if touch "$RO_ROOT_PROBE" 2>/dev/null; then echo "root filesystem still writable" >&2; exit 97; fi
+exec "$@"
+"""
+
+
+def _read_only_runner(tmp_path: Path) -> list[str] | None:
+    """`unshare` prefix that can build the read-only view here (root, or an unprivileged user namespace)."""
+    if shutil.which("unshare") is None:
+        return None
+    writable, probe = tmp_path / "probe-w", tmp_path / "probe-ro"
+    writable.mkdir()
+    for prefix in (["unshare", "-m", "--propagation", "private"], ["unshare", "-r", "-m", "--propagation", "private"]):
+        check = subprocess.run(
+            [*prefix, "sh", "-c", RO_ROOT_SCRIPT, "sh", "touch", str(writable / "ok")],
+            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "RO_ROOT_WRITABLE": str(writable),
+                 "RO_ROOT_PROBE": str(probe)},
+            capture_output=True, timeout=30, check=False,
+        )
+        if check.returncode == 0 and (writable / "ok").exists() and not probe.exists():
+            return prefix
+    return None
+
+
+def test_service_runs_on_a_read_only_root_with_only_the_deployments_emptydirs_writable(
+    s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real `bentoml serve` (as in the pod: ConfigMap settings, the Deployment's env) with every
+    path read-only except stand-ins for the Deployment's emptyDirs: it becomes ready, translates,
+    serves /metrics, writes its Prometheus files under BENTOML_HOME, and logs no read-only error."""
+    import service.cli
+
+    runner = _read_only_runner(tmp_path)
+    if runner is None:
+        pytest.skip("cannot build a read-only view here (`unshare -m` not permitted)")
+    pod = _pod("Deployment")
+    container = pod["spec"]["containers"][0]
+    cm = _one("ConfigMap")
+    stand_in = _emptydir_stand_ins(pod, tmp_path)
+
+    def mapped(value: str) -> str:
+        mount = max((mp for mp in stand_in if _on(value, [mp])), key=len)
+        return str(stand_in[mount]) + value[len(mount.rstrip("/")):]
+
+    env = {k: v for k, v in cm["data"].items() if k.startswith("POCKETGAN_SERVICE_")}
+    env["POCKETGAN_SERVICE_POLL_INTERVAL_S"] = "1"
+    env.update({name: mapped(_env_value(container, cm, name)) for name in WRITABLE_ENV["Deployment"]})
+    env["RO_ROOT_WRITABLE"] = " ".join(str(d) for d in stand_in.values())
+    env["RO_ROOT_PROBE"] = str(tmp_path / "probe-service")
+    original = service.cli.serve_command
+    monkeypatch.setattr(service.cli, "serve_command",
+                        lambda port, host: [*runner, "sh", "-c", RO_ROOT_SCRIPT, "sh", *original(port, host)])
+    with start_service(s3_server, tmp_path, [("a", 8, 0, 20.0)], ["a"], workers=1, env_overrides=env) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30.0) as c:
+            assert c.get("/readyz").status_code == 200
+            assert srv.translate(c).status_code == 200
+            assert c.get("/metrics").status_code == 200
+        log = srv.log.read_text(errors="replace")
+    assert not (tmp_path / "probe-service").exists()
+    assert "Read-only file system" not in log and "EROFS" not in log, log[-3000:]
+    bentoml_home = Path(env["BENTOML_HOME"])
+    assert any((bentoml_home / "prometheus_multiproc_dir").iterdir()), "BentoML did not write under BENTOML_HOME"
+    cache = Path(env["POCKETGAN_CACHE_DIR"])
+    assert any(cache.rglob("model.onnx")), "the model cache is not where POCKETGAN_CACHE_DIR points"
+
+
+def _emptydir_stand_ins(pod: dict, tmp_path: Path) -> dict[str, Path]:
+    """Container mount path -> a fresh directory here, for every emptyDir the container mounts."""
+    volumes = {v["name"] for v in pod["spec"]["volumes"] if "emptyDir" in v}
+    stand_in = {}
+    for m in pod["spec"]["containers"][0]["volumeMounts"]:
+        assert m["name"] in volumes
+        stand_in[m["mountPath"]] = tmp_path / f"emptydir-{m['name']}"
+        stand_in[m["mountPath"]].mkdir()
+    return stand_in
+
+
+def test_profile_job_runs_on_a_read_only_root_with_only_its_emptydirs_writable(
+    registry, registry_env, tmp_path: Path
+) -> None:
+    """The Job's own `pocketgan profile` arguments (CPU provider, tiny sizes instead of CUDA and 256/512)
+    with every path read-only except stand-ins for the Job's emptyDirs: it profiles the promoted set
+    and writes the profile to S3, its cache lands on the cache emptyDir, no read-only error."""
+    runner = _read_only_runner(tmp_path)
+    if runner is None:
+        pytest.skip("cannot build a read-only view here (`unshare -m` not permitted)")
+    pod = _pod("Job")
+    container, cm = pod["spec"]["containers"][0], _one("ConfigMap")
+    stand_in = _emptydir_stand_ins(pod, tmp_path)
+
+    def mapped(value: str) -> str:
+        mount = max((mp for mp in stand_in if _on(value, [mp])), key=len)
+        return str(stand_in[mount]) + value[len(mount.rstrip("/")):]
+
+    art, manifest, _ = make_artifact(tmp_path / "artifacts", 8, 0, None)
+    registry.publish_dir(art)
+    registry.promote(TASK, "production", [manifest.artifact_id])
+    args, replace = [], {"--provider": "CPUExecutionProvider", "--resolution": "16", "--runs": "2"}
+    for i, a in enumerate(container["args"]):
+        prev = container["args"][i - 1] if i else None
+        args.append(replace.get(prev, a))
+    args += ["--warmup", "0", "--threads", "1"]
+    hardware_tag = args[args.index("--hardware-tag") + 1]
+    env = {**registry_env, **{name: mapped(_env_value(container, cm, name)) for name in WRITABLE_ENV["Job"]}}
+    env["RO_ROOT_WRITABLE"] = " ".join(str(d) for d in stand_in.values())
+    env["RO_ROOT_PROBE"] = str(tmp_path / "probe-job")
+    run = subprocess.run([*runner, "sh", "-c", RO_ROOT_SCRIPT, "sh", sys.executable, "-m", "pocketgan", *args],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Read-only file system" not in run.stderr + run.stdout, run.stderr[-3000:]
+    assert not (tmp_path / "probe-job").exists()
+    assert [m.artifact_id for m in registry.list(hardware_tag=hardware_tag)] == [manifest.artifact_id]
+    assert any(Path(env["POCKETGAN_CACHE_DIR"]).rglob("model.onnx"))
