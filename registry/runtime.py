@@ -187,14 +187,17 @@ def _static(shape: Sequence[object], axis: int, default: int) -> int:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB.
 
-    - EXIF orientation is applied first (phone photos come out upright).
+    - EXIF orientation is applied first (phone photos come out upright); malformed EXIF is ignored.
     - Transparency (RGBA, LA, PA, P with a transparency key) is composited onto white.
     - L / 1 / P / CMYK / YCbCr / HSV / LAB: Pillow's own conversion to RGB.
     - 16/32-bit integer (I;16*, I) and float (F) greyscale: scaled to 0..255 (I;16 by 1/257,
       I by 1/257 when its values fit in 16 bits else by its own maximum, F in [0, 1] by 255
       else clipped to 0..255), then replicated to RGB.
     """
-    img = ImageOps.exif_transpose(img) or img
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the orientation is unknown, the pixels are fine
+        pass
     mode = img.mode
     if mode == "RGB":
         return img

@@ -147,6 +147,7 @@ def service_env(s3_server, registry_location: str, tmp: Path, poll_s: float, wor
         "POCKETGAN_SERVICE_INFERENCE_THREADS": "2",
         "POCKETGAN_SERVICE_WARMUP_SIZE": "32",
         "POCKETGAN_SERVICE_RESOLVE_CACHE_S": "0",
+        "POCKETGAN_SERVICE_BODY_TIMEOUT_S": "2",
         "OMP_NUM_THREADS": "1",
     })
     return env
