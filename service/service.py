@@ -139,6 +139,14 @@ def _rid(request: Request) -> str:
     return getattr(request.state, "request_id", "-")
 
 
+def _error_kind(text: str | None) -> str | None:
+    """"load of revision 3: IntegrityError: sha256 of s3://... differs" -> "load of revision 3: IntegrityError":
+    what failed and how, without endpoints, keys or paths (those are in the log)."""
+    if not text:
+        return None
+    return ":".join(text.split(":")[:2]).strip()
+
+
 class DeadlineExceeded(Exception):
     """The request's deadline passed before inference could start."""
 
@@ -460,7 +468,8 @@ class PocketGAN:
                 lambda: self.pool.registry().presign(chosen.artifact_id, path=chosen.model_file, task=task, expires_s=expires)
             )
         except RegistryError as exc:
-            return _error(503, "registry_unavailable", f"cannot presign: {str(exc).splitlines()[0]}")
+            log.warning("cannot presign %s: %s", chosen.artifact_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return _error(503, "registry_unavailable", "the model URL cannot be signed right now; retry shortly")
         return ResolveResponse(
             task=task, hardware_tag=tag, latency_budget_ms=body.latency_budget_ms, artifact=summary, url=url,
             url_expires_s=expires, sha256=summary.model_sha256, expected_ms=decision.expected_ms,
@@ -523,7 +532,7 @@ class PocketGAN:
                     source=mset.source if mset else "none",
                     loaded_at=mset.loaded_at.isoformat() if mset else None,
                     last_successful_poll_s_ago=(now - st.last_success_poll) if st.last_success_poll else None,
-                    last_error=st.last_error,
+                    last_error=_error_kind(st.last_error),
                 )
             )
         return ModelsResponse(
