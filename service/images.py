@@ -4,7 +4,7 @@ Policy (on purpose):
 - Accepted formats by content (magic bytes AND Pillow's detected format): PNG, JPEG, WEBP.
   File names and declared content types are ignored.
 - The pixel count is checked from the header *before* decoding (decompression bombs -> 413);
-  Pillow's own MAX_IMAGE_PIXELS guard is set to the same limit as a second line.
+  Pillow's own MAX_IMAGE_PIXELS guard (its default, as an error) is a second line.
 - Truncated or corrupt data -> 400 `corrupt_image` (LOAD_TRUNCATED_IMAGES stays False).
 - Animated images (APNG, animated WEBP) -> 415 `animated_image`: which frame to translate is
   ambiguous, so we refuse instead of guessing.
@@ -87,7 +87,8 @@ def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageRejected(415, "unsupported_format", "image content is not PNG, JPEG or WEBP")
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow errors at 2x this, warns at 1x; our own check comes first
+    # Pillow's own bomb guard (process-global MAX_IMAGE_PIXELS, left at its default: setting it per request
+    # would race between threads and leak into other code) is the second line; our check below is the first.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -17,7 +17,9 @@ Admission by cost (`/translate`): the image header gives the size before anythin
 models that cannot take a side that small are skipped (none left: 400 `image_too_small`); the
 chosen artifact's cost is pixels x (its profiled peak bytes/pixel + the service's own bytes/pixel);
 a cost above the worker's memory budget is 413 `too_many_pixels` (it could never fit), a cost
-that does not fit next to the requests in flight is 503 `busy` with Retry-After.
+that does not fit next to the requests in flight is 503 `busy` with Retry-After. Images above
+`large_pixels` run in their own lane (`large_inference_threads`), so a few huge images cannot take
+every inference thread from ordinary ones.
 
 `POST /translate` response headers (the body is the translated image):
 
@@ -218,6 +220,7 @@ class PocketGAN:
         self.metrics.set_budgets(self.settings.device_classes)
         self.pool = ModelPool(self.settings, self.metrics, self.hardware_tag)
         self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
+        self.large_limiter = anyio.CapacityLimiter(self.settings.large_inference_threads)
         self.memory = MemoryBudget(self.settings.worker_memory_budget(WORKERS))
         self.metrics.memory_budget.set(self.memory.capacity)
         self._pool_task: asyncio.Task[None] | None = None
@@ -395,9 +398,10 @@ class PocketGAN:
         except ImageRejected as r:
             return self._reject(r)
         fmt = out_fmt or probed.format.lower()
+        lane = self.large_limiter if w * h > self.settings.large_pixels else self.limiter
         try:
             body, ctype, pixels = await anyio.to_thread.run_sync(
-                lambda: self._run(art, data, fmt, task, deadline), limiter=self.limiter
+                lambda: self._run(art, data, fmt, task, deadline), limiter=lane
             )
         except ImageRejected as r:
             return self._reject(r)

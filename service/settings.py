@@ -74,6 +74,11 @@ class ServiceSettings(BaseSettings):
     min_observations: int = Field(default=5, ge=1, description="observations before they correct profiles")
     intra_op_threads: int | None = Field(default=None, ge=1)
     inference_threads: int = Field(default=4, ge=1, description="concurrent pre/infer/post jobs per worker")
+    large_pixels: int = Field(
+        default=512 * 512, ge=1,
+        description="images above this many pixels run in the large lane, so they cannot take every inference thread",
+    )
+    large_inference_threads: int = Field(default=1, ge=1, description="concurrent jobs of the large lane per worker")
     warmup_size: int = Field(default=64, ge=8)
     resolve_cache_s: float = Field(default=30.0, ge=0)
     presign_expires_s: int = Field(default=900, ge=60, le=7 * 24 * 3600)
