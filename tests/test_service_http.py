@@ -277,6 +277,10 @@ def test_promote_swaps_without_restart_or_failed_requests(server: Server) -> Non
     with server.client() as c:
         t = c.get("/models").json()["tasks"][0]
         assert t["promoted"] == [other]
+        # the retired artifacts' series leave /metrics (no unbounded growth across promotions)
+        text = c.get("/metrics").text
+        assert f'artifact="{other}"' in text
+        assert f'artifact="{server.artifacts["small"]}"' not in text and f'artifact="{server.artifacts["large"]}"' not in text
 
 
 def test_corrupt_promoted_set_keeps_old_set(server: Server, tmp_path: Path) -> None:
