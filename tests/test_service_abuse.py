@@ -66,6 +66,8 @@ def server(s3_server, tmp_path_factory) -> Iterator[Server]:
         "POCKETGAN_SERVICE_MAX_UPLOADS": "100",
         "POCKETGAN_SERVICE_INTERNAL_NETWORKS": '["127.0.0.0/8"]',
         "POCKETGAN_SERVICE_MIN_OBSERVATIONS": "1000000",
+        # "public" S3 address: another name for the same server, as a phone-facing address would be
+        "POCKETGAN_S3_PUBLIC_ENDPOINT": s3_server.endpoint.replace("127.0.0.1", "localhost"),
     }
     with start_service(
         s3_server, tmp, [("reflect", 4, 7, 50.0, {"reflect": True, "measured": measured})], ["reflect"],
@@ -120,6 +122,19 @@ def test_api_keys_401_json_and_internal_routes(server: Server) -> None:
         _check_error(anon.get("/models", headers={"X-Forwarded-For": "198.51.100.7"}), 403, "forbidden")
     with server.client() as c:
         assert _translate(server, c, png_bytes()).status_code == 200
+
+
+def test_resolve_presigns_for_the_public_endpoint(server: Server) -> None:
+    import hashlib
+
+    public = server.s3.endpoint.replace("127.0.0.1", "localhost")
+    with server.client() as c:
+        r = c.post("/resolve", json={"task": TASK, "hardware_tag": "test-cpu", "latency_budget_ms": 1000})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["url"].startswith(public + "/"), body["url"][:80]
+    blob = httpx.get(body["url"], timeout=10).content  # signed for that host, and valid there
+    assert hashlib.sha256(blob).hexdigest() == body["sha256"]
 
 
 def test_one_error_shape_request_ids_and_no_per_path_series(server: Server) -> None:
