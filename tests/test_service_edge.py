@@ -226,3 +226,54 @@ def test_filter_exposition_drops_retired_artifacts_and_non_routes() -> None:
     ])
     out = filter_exposition(text, {"t": {"live"}}, ["/translate"])
     assert "live" in out and "retired" not in out and "random-123" not in out and "swaps_total" in out
+
+
+def test_inference_never_starts_past_the_deadline(tmp_path) -> None:
+    """The handler's worker-thread job checks the edge's deadline after decoding, before the ONNX call."""
+    import time
+    from types import SimpleNamespace
+
+    from conftest import build_tiny_onnx
+    from _service_helpers import png_bytes
+    from registry.runtime import OnnxGenerator
+    from service.metrics import build_metrics
+    from service.pool import LoadedArtifact
+    from service.service import DeadlineExceeded, PocketGAN
+
+    svc = object.__new__(PocketGAN.inner)  # the handler's own code, without a server around it
+    svc.settings = ServiceSettings()
+    svc.metrics = build_metrics(svc.settings.budget_buckets_s())
+    gen = OnnxGenerator(build_tiny_onnx(tmp_path / "m.onnx"), intra_op_threads=1)
+    runs: list[int] = []
+    real_run = gen.run
+    gen.run = lambda x: runs.append(1) or real_run(x)  # type: ignore[method-assign]  # count ONNX calls
+    art = LoadedArtifact(SimpleNamespace(artifact_id="a"), gen, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(DeadlineExceeded):
+        svc._run(art, png_bytes(32, 32), "png", "facades-label2photo", time.monotonic() - 0.001)
+    assert runs == []
+    body, ctype, pixels = svc._run(art, png_bytes(32, 32), "png", "facades-label2photo", time.monotonic() + 60)
+    assert runs == [1] and ctype == "image/png" and pixels == 32 * 32
+
+
+def test_bytes_per_pixel_prefers_this_hardware_then_any_profile_then_default() -> None:
+    from registry.manifest import HardwareProfile, LatencyMeasurement
+    from service.service import MemoryBudget, bytes_per_pixel
+
+    def prof(tag: str, *bpps: float | None) -> HardwareProfile:
+        return HardwareProfile(hardware_tag=tag, runtime_version="1", measurements=[
+            LatencyMeasurement(height=8, width=8, runs=1, p50_ms=1, p95_ms=1, p99_ms=1, throughput_ips=1,
+                               peak_bytes_per_pixel=b) for b in bpps])
+
+    from types import SimpleNamespace
+
+    def manifest(*profiles: HardwareProfile) -> SimpleNamespace:
+        return SimpleNamespace(profiles=list(profiles),
+                               profile=lambda tag: next((p for p in profiles if p.hardware_tag == tag), None))
+
+    assert bytes_per_pixel(manifest(prof("here", 100.0, 300.0), prof("other", 900.0)), "here", 2048) == 300.0
+    assert bytes_per_pixel(manifest(prof("here", None), prof("other", 900.0, 500.0)), "here", 2048) == 900.0
+    assert bytes_per_pixel(manifest(prof("other", None)), "here", 2048) == 2048
+    budget = MemoryBudget(100)
+    assert budget.try_take(60) and not budget.try_take(50) and budget.try_take(40)
+    budget.give(60)
+    assert budget.used == 40
