@@ -9,6 +9,9 @@ reset before each point by writing 5 to /proc/self/clear_refs) over the resident
 before the ONNX Runtime session was created, i.e. what loading and running this model added.
 Where /proc is unavailable (macOS) it falls back to ``resource.getrusage().ru_maxrss`` minus the
 baseline, a process-lifetime peak that can only overstate later points.
+Peak bytes per pixel (the service's admission cost): the same peak minus the resident set right
+before the timed runs (session loaded, warmed up; the CPU arena is off, so nothing is pinned),
+divided by batch x height x width. Recorded only where the peak can be reset (/proc).
 """
 
 from __future__ import annotations
@@ -54,12 +57,13 @@ def _peak_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def _reset_peak() -> None:
+def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
     except OSError:
-        pass
+        return False
+    return True
 
 
 def measure(
@@ -79,8 +83,9 @@ def measure(
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(batch, generator.input_nc, height, width)).astype(np.float32)
     generator.check_input(x)
-    _reset_peak()
     generator.warm_up(height, width, batch=batch, runs=warmup)
+    before_mb = _rss_mb()
+    resettable = _reset_peak()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < runs or (time.perf_counter() - start < min_time_s and len(times) < max_runs):
@@ -89,6 +94,8 @@ def measure(
         times.append(time.perf_counter() - t0)
         if on_run is not None:
             on_run()
+    peak_mb = _peak_mb()
+    per_pixel = (max(0.0, peak_mb - before_mb) * 2**20 / (batch * height * width)) if resettable else None
     ms = np.asarray(times) * 1000.0
     p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
     return LatencyMeasurement(
@@ -96,7 +103,8 @@ def measure(
         p50_ms=round(p50, 4), p95_ms=round(max(p95, p50), 4), p99_ms=round(max(p99, p95, p50), 4),
         mean_ms=round(float(ms.mean()), 4),
         throughput_ips=round(batch * len(times) / float(np.sum(times)), 4),
-        peak_memory_mb=round(max(0.0, _peak_mb() - baseline_mb), 2),
+        peak_memory_mb=round(max(0.0, peak_mb - baseline_mb), 2),
+        peak_bytes_per_pixel=round(per_pixel, 1) if per_pixel is not None else None,
     )
 
 

@@ -64,6 +64,10 @@ class RegistrySettings(BaseSettings):
 
     registry: str | None = Field(default=None, description="s3://bucket/prefix (POCKETGAN_REGISTRY)")
     s3_endpoint: str | None = Field(default=None, description="custom S3 endpoint URL; unset = AWS")
+    s3_public_endpoint: str | None = Field(
+        default=None,
+        description="endpoint that presigned URLs name (what phones can reach); unset = s3_endpoint",
+    )
     region: str = Field(
         default_factory=_default_region,
         validation_alias=AliasChoices("POCKETGAN_REGION", "region"),
@@ -86,13 +90,13 @@ class RegistrySettings(BaseSettings):
         parse_registry_url(v)
         return v
 
-    @field_validator("s3_endpoint")
+    @field_validator("s3_endpoint", "s3_public_endpoint")
     @classmethod
     def _valid_endpoint(cls, v: str | None) -> str | None:
         if not v:
             return None
         if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"POCKETGAN_S3_ENDPOINT must be an http(s) URL, got {v!r}")
+            raise ValueError(f"POCKETGAN_S3_ENDPOINT / POCKETGAN_S3_PUBLIC_ENDPOINT must be an http(s) URL, got {v!r}")
         return v.rstrip("/")
 
     @field_validator("cache_dir")

@@ -139,6 +139,11 @@ class LatencyMeasurement(_Model):
     mean_ms: float | None = Field(default=None, ge=0)
     throughput_ips: float = Field(ge=0, description="images per second")
     peak_memory_mb: float | None = Field(default=None, ge=0)
+    peak_bytes_per_pixel: float | None = Field(
+        default=None, ge=0,
+        description="peak resident memory one run added over the resident set before it, per input pixel "
+        "(batch x height x width): what the service's admission multiplies by a request's pixels",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "LatencyMeasurement":

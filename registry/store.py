@@ -126,6 +126,12 @@ class S3ObjectStore(ObjectStore):
             region_name=settings.region,
         )
         self.client = session.client("s3", endpoint_url=settings.s3_endpoint, config=config)
+        # presigned URLs are signed for the host they name: a second client (no network use) for the public endpoint
+        public = settings.s3_public_endpoint
+        self.presign_client = (
+            session.client("s3", endpoint_url=public, config=config.merge(Config(s3={"addressing_style": "path"})))
+            if public and public != settings.s3_endpoint else self.client
+        )
         self.transfer = TransferConfig(multipart_threshold=settings.multipart_threshold_mb * 1024 * 1024)
 
     # ------------------------------------------------------------------ error mapping
@@ -271,7 +277,7 @@ class S3ObjectStore(ObjectStore):
 
     def presign_get(self, key: str, expires_s: int = 900) -> str:
         with self._errors("presign", key):
-            return self.client.generate_presigned_url(
+            return self.presign_client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=int(expires_s)
             )
 

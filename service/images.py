@@ -4,18 +4,22 @@ Policy (on purpose):
 - Accepted formats by content (magic bytes AND Pillow's detected format): PNG, JPEG, WEBP.
   File names and declared content types are ignored.
 - The pixel count is checked from the header *before* decoding (decompression bombs -> 413);
-  Pillow's own MAX_IMAGE_PIXELS guard is set to the same limit as a second line.
+  Pillow's own MAX_IMAGE_PIXELS guard (its default, as an error) is a second line.
 - Truncated or corrupt data -> 400 `corrupt_image` (LOAD_TRUNCATED_IMAGES stays False).
 - Animated images (APNG, animated WEBP) -> 415 `animated_image`: which frame to translate is
   ambiguous, so we refuse instead of guessing.
 - Colour modes are converted, not refused: RGBA/LA/P-with-transparency are composited onto
   white, greyscale and CMYK go through Pillow's conversion, 16-bit greyscale is scaled to
-  8 bits (`registry.runtime.to_rgb`), EXIF orientation is applied.
+  8 bits (`registry.runtime.to_rgb`), EXIF orientation is applied; a malformed EXIF block
+  means the orientation tag is ignored (the pixels are fine), never an error.
+- `probe_image` does every header check without decoding pixels, so the service can check the
+  size against the models and its memory budget before it spends anything on decoding.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -39,7 +43,7 @@ class ImageRejected(Exception):
 REJECTION_REASONS = (
     "body_too_large", "wrong_content_type", "bad_form", "missing_image", "empty_image", "unsupported_format",
     "too_many_pixels", "corrupt_image", "animated_image", "bad_parameter", "unknown_task", "unknown_device_class",
-    "budget_out_of_range",
+    "budget_out_of_range", "image_too_small", "busy",
 )
 
 
@@ -61,14 +65,30 @@ class Decoded:
     original_mode: str
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Decoded:
-    """Untrusted bytes -> RGB image, or ImageRejected. Blocking: call it off the event loop."""
+@dataclass(frozen=True)
+class Probed:
+    format: str  # PNG / JPEG / WEBP
+    width: int  # as stored (EXIF orientation may swap the two; pixel count and smallest side do not change)
+    height: int
+
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error, Image.UnidentifiedImageError)
+
+
+def probe_image(data: bytes, *, max_pixels: int) -> Probed:
+    """Header checks only (format, size, animation): cheap, no pixels decoded; or ImageRejected."""
+    img, fmt = _open(data, max_pixels)
+    return Probed(fmt, *img.size)
+
+
+def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     if not data:
         raise ImageRejected(400, "empty_image", "the image part is empty")
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageRejected(415, "unsupported_format", "image content is not PNG, JPEG or WEBP")
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow errors at 2x this, warns at 1x; our own check comes first
+    # Pillow's own bomb guard (process-global MAX_IMAGE_PIXELS, left at its default: setting it per request
+    # would race between threads and leak into other code) is the second line; our check below is the first.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -82,17 +102,35 @@ def decode_image(data: bytes, *, max_pixels: int) -> Decoded:
                 raise ImageRejected(413, "too_many_pixels", f"image is {w}x{h} = {w * h} pixels, limit {max_pixels}")
             if getattr(img, "n_frames", 1) > 1:
                 raise ImageRejected(415, "animated_image", "animated images are not accepted; send one frame")
+    except ImageRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _rejected
+        raise _rejected(exc) from exc
+    return img, fmt
+
+
+def _rejected(exc: Exception) -> ImageRejected:
+    """Pillow's failures on hostile bytes as 4xx; anything else is a bug and propagates."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageRejected(413, "too_many_pixels", "decompression bomb refused")
+    if isinstance(exc, _DECODE_ERRORS):
+        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        return ImageRejected(400, "corrupt_image", f"image cannot be decoded: {msg}")
+    raise exc
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Decoded:
+    """Untrusted bytes -> RGB image, or ImageRejected. Blocking: call it off the event loop."""
+    img, fmt = _open(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             mode = img.mode
             img.load()
             rgb = to_rgb(img)
             rgb.load()
-    except ImageRejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(413, "too_many_pixels", f"decompression bomb refused: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.UnidentifiedImageError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageRejected(400, "corrupt_image", f"image cannot be decoded: {msg}") from exc
+    except Exception as exc:  # noqa: BLE001 - see _rejected
+        raise _rejected(exc) from exc
     return Decoded(image=rgb, format=fmt, original_mode=mode)
 
 

@@ -12,8 +12,9 @@ they are used as labels), artifact ids from promoted sets, reasons from fixed li
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from service.images import REJECTION_REASONS
 
@@ -37,6 +38,10 @@ class Metrics:
     since_last_poll: Any
     rejections: Any
     device_class_budget: Any
+    edge_refusals: Any
+    admission: Any
+    admitted_bytes: Any
+    memory_budget: Any
 
     def init_labels(self, tasks: list[str], device_classes: list[str]) -> None:
         """Create zero-valued children so every metric shows up in the first scrape."""
@@ -53,11 +58,44 @@ class Metrics:
             self.since_last_poll.labels(t).set(0)
         for r in REJECTION_REASONS:
             self.rejections.labels(r)
+        from service.edge import EDGE_REASONS
+
+        for r in EDGE_REASONS:
+            self.edge_refusals.labels(r)
+        for outcome in ADMISSION_OUTCOMES:
+            self.admission.labels(outcome)
 
     def set_budgets(self, device_classes: dict[str, float]) -> None:
         """Export each device class's default budget (ms in settings, seconds here) for p95-vs-budget alerts."""
         for dc, ms in device_classes.items():
             self.device_class_budget.labels(dc).set(ms / 1000.0)
+
+
+ADMISSION_OUTCOMES = ("admitted", "too_large", "busy")
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def filter_exposition(text: str, artifacts: dict[str, set[str]], endpoints: Iterable[str]) -> str:
+    """Drop series that must not outlive their subject (applied to every /metrics answer).
+
+    prometheus_client cannot remove labelled children in multiprocess mode (BentoML's), so series of
+    an artifact that left the promoted set (for its task) and BentoML request series for paths that
+    are not routes (a scanner's) are removed from the exposition instead.
+    """
+    keep_endpoints = set(endpoints)
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line) if line and not line.startswith("#") else None
+        if m and m.group(2):
+            name, labels = m.group(1), dict(_LABEL.findall(m.group(2)))
+            if name.startswith("pocketgan_") and "artifact" in labels and "task" in labels:
+                if labels["artifact"] not in artifacts.get(labels["task"], set()):
+                    continue
+            elif name.startswith("bentoml_") and "endpoint" in labels and labels["endpoint"] not in keep_endpoints:
+                continue
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 _METRICS: Metrics | None = None
@@ -117,6 +155,23 @@ def build_metrics(budget_buckets_s: list[float]) -> Metrics:
         device_class_budget=pc.Gauge(
             "pocketgan_device_class_budget_seconds", "Configured default latency budget of each device class",
             ["device_class"], multiprocess_mode="livemax",
+        ),
+        edge_refusals=pc.Counter(
+            "pocketgan_http_refusals_total",
+            "Requests answered by the edge before the app: unknown path, method, access, slow/large body, slots, deadline",
+            ["reason"],
+        ),
+        admission=pc.Counter(
+            "pocketgan_admission_total", "Translate admission by memory cost: admitted, too_large (413), busy (503)",
+            ["outcome"],
+        ),
+        admitted_bytes=pc.Gauge(
+            "pocketgan_admitted_bytes", "Estimated bytes of the requests in flight (sum over live workers)",
+            multiprocess_mode="livesum",
+        ),
+        memory_budget=pc.Gauge(
+            "pocketgan_memory_budget_bytes", "Bytes the workers admit for in-flight requests (sum over live workers)",
+            multiprocess_mode="livesum",
         ),
     )
     return _METRICS

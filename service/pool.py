@@ -201,6 +201,7 @@ class ModelPool:
         m = gen.size_multiple
         side = max(m, (self.settings.warmup_size + m - 1) // m * m)
         gen.warm_up(side, side, runs=2)
+        _ = gen.min_side  # probed here, at load, so no request pays for it
         return gen
 
     def load_from_registry(self, alias: Alias, reuse: ModelSet | None) -> ModelSet:

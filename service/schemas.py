@@ -10,10 +10,12 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx/5xx of the service: one line, machine-readable reason."""
+    """Every 4xx/5xx of the service, whatever produced it: one line, machine-readable reason, request id.
+    429 and 503 also carry a Retry-After header (seconds)."""
 
-    error: str = Field(description="one-line human-readable message")
-    reason: str = Field(description="stable machine-readable code, e.g. body_too_large, unknown_task")
+    error: str = Field(description="one-line human-readable message (never exception text)")
+    reason: str = Field(description="stable machine-readable code, e.g. body_too_large, unknown_task, busy")
+    request_id: str = Field(description="the X-Request-Id of the request (also a response header and in the logs)")
 
 
 class TranslateParams(BaseModel):
@@ -99,7 +101,7 @@ class TaskModelsOut(BaseModel):
     source: Literal["registry", "cache", "none"]
     loaded_at: str | None
     last_successful_poll_s_ago: float | None
-    last_error: str | None
+    last_error: str | None = Field(description="what failed last and its error class (details are in the log)")
 
 
 class ModelsResponse(BaseModel):

@@ -8,8 +8,18 @@ exact one-line JSON 4xx (`{"error", "reason"}`) *before* anything big is parsed.
 `Request` we check the content type, the Content-Length and the streamed byte count against
 `max_body_bytes` before multipart parsing, then sniff the image bytes ourselves. BentoML still
 provides everything around it: `/readyz` (via `__is_ready__`), `/livez`, `/metrics` (multi-worker
-aggregation), `/docs.json` (it merges the FastAPI routes' OpenAPI), and traffic control:
-`max_concurrency` -> 429 `{"error": "Too many requests"}`, `timeout` -> 504.
+aggregation, filtered by `__metrics__`), `/docs.json` (it merges the FastAPI routes' OpenAPI).
+Traffic control is ours, not BentoML's: `service.edge.Edge` wraps BentoML's whole ASGI app in
+every worker (request ids, one error shape, body deadline, upload/concurrency caps, API keys,
+internal-only routes, the request deadline); BentoML's own timeout stays only as a backstop.
+
+Admission by cost (`/translate`): the image header gives the size before anything is decoded;
+models that cannot take a side that small are skipped (none left: 400 `image_too_small`); the
+chosen artifact's cost is pixels x (its profiled peak bytes/pixel + the service's own bytes/pixel);
+a cost above the worker's memory budget is 413 `too_many_pixels` (it could never fit), a cost
+that does not fit next to the requests in flight is 503 `busy` with Retry-After. Images above
+`large_pixels` run in their own lane (`large_inference_threads`), so a few huge images cannot take
+every inference thread from ordinary ones.
 
 `POST /translate` response headers (the body is the translated image):
 
@@ -22,6 +32,7 @@ aggregation), `/docs.json` (it merges the FastAPI routes' OpenAPI), and traffic 
 | `X-Pocketgan-Budget-Met` | `true` / `false`: actual <= budget |
 | `X-Pocketgan-No-Eligible` | `true` when no promoted artifact was expected to meet the budget (fastest served) |
 | `X-Pocketgan-Hardware-Tag` | the hardware tag whose profiles were used |
+| `X-Request-Id` | on every response (also errors): the request's own when valid, else generated |
 """
 
 from __future__ import annotations
@@ -44,9 +55,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.errors import RegistryError
 from registry.manifest import Manifest
-from registry.runtime import image_to_tensor, tensor_to_image
-from service.images import Decoded, ImageRejected, decode_image, encode_image
-from service.metrics import Metrics, build_metrics
+from registry.runtime import image_to_tensor, target_size, tensor_to_image
+from service.edge import ROUTES, Edge
+from service.images import Decoded, ImageRejected, Probed, decode_image, encode_image, probe_image
+from service.metrics import Metrics, build_metrics, filter_exposition
 from service.pool import LoadedArtifact, ModelPool, ModelSet, candidate_for, summarize
 from service.schemas import (
     CandidateOut,
@@ -74,6 +86,7 @@ if not log.handlers:
 WORKERS = int(os.environ.get("POCKETGAN_SERVICE_WORKERS", "1"))
 MAX_CONCURRENCY = int(os.environ.get("POCKETGAN_SERVICE_MAX_CONCURRENCY", "64"))
 TIMEOUT_S = float(os.environ.get("POCKETGAN_SERVICE_TIMEOUT_S", "30"))
+BACKSTOP_TIMEOUT_S = TIMEOUT_S + 30.0  # BentoML's own timeout: only for what the edge does not time (GETs)
 
 app = FastAPI(
     title="pocketgan",
@@ -81,7 +94,9 @@ app = FastAPI(
     version="1",
 )
 
-_ERRORS = {400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 429, 500, 503, 504)
+}
 _TRANSLATE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -118,7 +133,52 @@ _TRANSLATE_BODY: dict[str, Any] = {
 
 
 def _error(status: int, reason: str, message: str) -> JSONResponse:
+    """The error body (the edge adds request_id and Retry-After to every one)."""
     return JSONResponse({"error": message, "reason": reason}, status_code=status)
+
+
+def _rid(request: Request) -> str:
+    return getattr(request.state, "request_id", "-")
+
+
+def _error_kind(text: str | None) -> str | None:
+    """"load of revision 3: IntegrityError: sha256 of s3://... differs" -> "load of revision 3: IntegrityError":
+    what failed and how, without endpoints, keys or paths (those are in the log)."""
+    if not text:
+        return None
+    return ":".join(text.split(":")[:2]).strip()
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before inference could start."""
+
+
+class MemoryBudget:
+    """Bytes one worker admits for requests in flight (event loop only: no lock needed)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def try_take(self, cost: int) -> bool:
+        if self.used + cost > self.capacity:
+            return False
+        self.used += cost
+        return True
+
+    def give(self, cost: int) -> None:
+        self.used = max(0, self.used - cost)
+
+
+def bytes_per_pixel(manifest: Manifest, hardware_tag: str, default: float) -> float:
+    """The artifact's measured ONNX Runtime peak bytes per input pixel: its profile for this hardware tag,
+    else the largest any profile recorded, else `default`."""
+    mine = manifest.profile(hardware_tag)
+    for profiles in ([mine] if mine else [], manifest.profiles):
+        values = [m.peak_bytes_per_pixel for p in profiles for m in p.measurements if m.peak_bytes_per_pixel]
+        if values:
+            return max(values)
+    return default
 
 
 @app.exception_handler(RequestValidationError)
@@ -133,19 +193,20 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(exc.status_code, "http_error", str(exc.detail).splitlines()[0])
+    return _error(exc.status_code, "http_error", str(exc.detail).splitlines()[0][:200])
 
 
 @app.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s", request.url.path)
-    return _error(500, "internal_error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    """A bug: the details go to the log under the request id, the client gets none."""
+    log.exception("request %s: unexpected error on %s", _rid(request), request.url.path)
+    return _error(500, "internal_error", "internal error")
 
 
 @bentoml.service(
     name="pocketgan",
     workers=WORKERS,
-    traffic={"timeout": TIMEOUT_S, "max_concurrency": MAX_CONCURRENCY},
+    traffic={"timeout": BACKSTOP_TIMEOUT_S},
 )
 @bentoml.asgi_app(app, path="/")
 class PocketGAN:
@@ -159,6 +220,9 @@ class PocketGAN:
         self.metrics.set_budgets(self.settings.device_classes)
         self.pool = ModelPool(self.settings, self.metrics, self.hardware_tag)
         self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
+        self.large_limiter = anyio.CapacityLimiter(self.settings.large_inference_threads)
+        self.memory = MemoryBudget(self.settings.worker_memory_budget(WORKERS))
+        self.metrics.memory_budget.set(self.memory.capacity)
         self._pool_task: asyncio.Task[None] | None = None
         self._resolve_cache: dict[str, tuple[float, list[Manifest]]] = {}
         log.info("hardware tag %s; tasks %s; channel %s", self.hardware_tag, self.settings.tasks, self.settings.channel)
@@ -176,6 +240,18 @@ class PocketGAN:
 
     def __is_ready__(self) -> bool:
         return self.pool.ready()
+
+    def __is_alive__(self) -> bool:
+        """Alive while the pool loop runs (a crashed loop would never load a new set again: restart us)."""
+        return self._pool_task is None or not self._pool_task.done() or self._pool_task.cancelled()
+
+    def __metrics__(self, text: str) -> str:
+        """Series of artifacts that left the promoted set and of non-routes are not exposed."""
+        keep = {
+            task: set(st.promoted) | set(st.current.artifact_ids if st.current else ())
+            for task, st in self.pool.states.items()
+        }
+        return filter_exposition(text, keep, ROUTES)
 
     # -- helpers ------------------------------------------------------------------------------
     def _reject(self, r: ImageRejected) -> JSONResponse:
@@ -230,28 +306,66 @@ class PocketGAN:
             raise ImageRejected(400, "unknown_task", f"unknown task {task[:64]!r}; served: {', '.join(self.settings.tasks)}")
         return task
 
-    def _run(self, art: LoadedArtifact, decoded: Decoded, fmt: str, task: str) -> tuple[bytes, str, float]:
-        """Preprocess, infer, postprocess, encode: blocking, runs in a worker thread."""
+    def _run(self, art: LoadedArtifact, data: bytes, fmt: str | None, task: str,
+             deadline: float) -> tuple[bytes, str, float]:
+        """Decode, preprocess, infer, postprocess, encode: blocking, runs in a worker thread."""
         m, gen = self.metrics, art.generator
         t0 = time.perf_counter()
-        x, size = image_to_tensor(decoded.image, size_multiple=gen.size_multiple, max_side=self.settings.max_side)
+        decoded = decode_image(data, max_pixels=self.settings.max_pixels)
         t1 = time.perf_counter()
-        y = gen.run(x)
+        x, size = image_to_tensor(decoded.image, size_multiple=gen.size_multiple, max_side=self.settings.max_side)
+        del decoded
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded
         t2 = time.perf_counter()
-        out = tensor_to_image(y, size=size)
+        y = gen.run(x)
         t3 = time.perf_counter()
-        body, ctype = encode_image(out, fmt, jpeg_quality=self.settings.jpeg_quality)
+        pixels = x.shape[2] * x.shape[3]
+        del x
+        out = tensor_to_image(y, size=size)
+        del y
         t4 = time.perf_counter()
-        m.processing_duration.labels(task, "preprocess").observe(t1 - t0)
-        m.inference_duration.labels(task, art.manifest.artifact_id).observe(t2 - t1)
-        m.processing_duration.labels(task, "postprocess").observe(t3 - t2)
-        m.processing_duration.labels(task, "encode").observe(t4 - t3)
-        return body, ctype, x.shape[2] * x.shape[3]
+        body, ctype = encode_image(out, fmt or "png", jpeg_quality=self.settings.jpeg_quality)
+        t5 = time.perf_counter()
+        m.processing_duration.labels(task, "decode").observe(t1 - t0)
+        m.processing_duration.labels(task, "preprocess").observe(t2 - t1)
+        m.inference_duration.labels(task, art.manifest.artifact_id).observe(t3 - t2)
+        m.processing_duration.labels(task, "postprocess").observe(t4 - t3)
+        m.processing_duration.labels(task, "encode").observe(t5 - t4)
+        return body, ctype, pixels
+
+    def _fits(self, art: LoadedArtifact, w: int, h: int) -> bool:
+        """Both sides, after the resize policy, at least the model's smallest side."""
+        tw, th = target_size(w, h, art.generator.size_multiple, self.settings.max_side)
+        return min(tw, th) >= art.generator.min_side
+
+    def _cost(self, art: LoadedArtifact, w: int, h: int) -> int:
+        """Estimated peak bytes of one request: pixels x (artifact's bytes/pixel + the service's own)."""
+        tw, th = target_size(w, h, art.generator.size_multiple, self.settings.max_side)
+        pixels = max(w * h, tw * th)
+        bpp = bytes_per_pixel(art.manifest, self.hardware_tag, self.settings.default_bytes_per_pixel)
+        return int(pixels * (bpp + self.settings.service_bytes_per_pixel))
+
+    def _admit(self, cost: int, w: int, h: int) -> None:
+        """413 when the cost could never fit this worker's budget, 503 busy when it does not fit now."""
+        mib = 1024 * 1024
+        if cost > self.memory.capacity:
+            self.metrics.admission.labels("too_large").inc()
+            raise ImageRejected(
+                413, "too_many_pixels",
+                f"a {w}x{h} image needs ~{cost // mib} MiB here; a worker admits at most {self.memory.capacity // mib} MiB",
+            )
+        if not self.memory.try_take(cost):
+            self.metrics.admission.labels("busy").inc()
+            raise ImageRejected(503, "busy", "not enough memory free for this image right now; retry shortly")
+        self.metrics.admission.labels("admitted").inc()
+        self.metrics.admitted_bytes.set(self.memory.used)
 
     # -- routes -------------------------------------------------------------------------------
     @app.post("/translate", openapi_extra=_TRANSLATE_BODY, responses=_ERRORS, response_class=Response)
     async def translate(self, request: Request) -> Response:
         """Translate one image with the smallest promoted generator expected to meet the budget."""
+        deadline = getattr(request.state, "deadline", None) or time.monotonic() + TIMEOUT_S
         try:
             fields, data = await self._read_form(request)
             started = time.perf_counter()
@@ -271,20 +385,35 @@ class PocketGAN:
             mset = self.pool.snapshot(task)  # held for the whole request: a swap does not affect it
             if mset is None:
                 return _error(503, "not_ready", f"no model loaded for {task} yet")
-            decoded = await anyio.to_thread.run_sync(
-                lambda: decode_image(data, max_pixels=self.settings.max_pixels), limiter=self.limiter
+            probed: Probed = probe_image(data, max_pixels=self.settings.max_pixels)  # header only: cheap
+            w, h = probed.width, probed.height
+            fitting = [aid for aid in mset.artifact_ids if self._fits(mset.artifacts[aid], w, h)]
+            if not fitting:
+                smallest = min(mset.artifacts[aid].generator.min_side for aid in mset.artifact_ids)
+                raise ImageRejected(400, "image_too_small", f"image is {w}x{h}; each side must be at least {smallest} px")
+            decision = self._decide(mset, task, budget, h, w, fitting)
+            art = mset.artifacts[decision.artifact_id]
+            cost = self._cost(art, w, h)
+            self._admit(cost, w, h)
+        except ImageRejected as r:
+            return self._reject(r)
+        fmt = out_fmt or probed.format.lower()
+        lane = self.large_limiter if w * h > self.settings.large_pixels else self.limiter
+        try:
+            body, ctype, pixels = await anyio.to_thread.run_sync(
+                lambda: self._run(art, data, fmt, task, deadline), limiter=lane
             )
         except ImageRejected as r:
             return self._reject(r)
-        t_decoded = time.perf_counter()
-        self.metrics.processing_duration.labels(task, "decode").observe(t_decoded - started)
-        w, h = decoded.image.size
-        decision = self._decide(mset, task, budget, h, w)
-        art = mset.artifacts[decision.artifact_id]
-        fmt = out_fmt or decoded.format.lower()
-        body, ctype, pixels = await anyio.to_thread.run_sync(
-            lambda: self._run(art, decoded, fmt, task), limiter=self.limiter
-        )
+        except DeadlineExceeded:
+            self.metrics.edge_refusals.labels("timeout").inc()
+            return _error(504, "timeout", f"not started within {TIMEOUT_S:g} s")
+        except Exception:  # noqa: BLE001 - a model's or our fault, never the client's: details to the log only
+            log.exception("request %s: translate failed on %s", _rid(request), art.manifest.artifact_id)
+            return _error(500, "internal_error", "internal error")
+        finally:
+            self.memory.give(cost)
+            self.metrics.admitted_bytes.set(self.memory.used)
         actual_ms = (time.perf_counter() - started) * 1000.0
         met = actual_ms <= budget
         m = self.metrics
@@ -308,10 +437,11 @@ class PocketGAN:
         }
         return Response(content=body, media_type=ctype, headers=headers)
 
-    def _decide(self, mset: ModelSet, task: str, budget: float, h: int, w: int) -> Decision:
-        observed = {aid: self.pool.observations.get(aid) for aid in mset.artifact_ids}
+    def _decide(self, mset: ModelSet, task: str, budget: float, h: int, w: int, among: list[str]) -> Decision:
+        observed = {aid: self.pool.observations.get(aid) for aid in among}
         req = SelectionRequest(task=task, hardware_tag=self.hardware_tag, budget_ms=budget, height=h, width=w)
-        return select(list(mset.here), observed, req, min_observations=self.settings.min_observations)
+        candidates = [c for c in mset.here if c.artifact_id in observed]
+        return select(candidates, observed, req, min_observations=self.settings.min_observations)
 
     @app.post("/resolve", response_model=ResolveResponse, responses=_ERRORS)
     async def resolve(self, body: ResolveRequest) -> Any:
@@ -342,7 +472,8 @@ class PocketGAN:
                 lambda: self.pool.registry().presign(chosen.artifact_id, path=chosen.model_file, task=task, expires_s=expires)
             )
         except RegistryError as exc:
-            return _error(503, "registry_unavailable", f"cannot presign: {str(exc).splitlines()[0]}")
+            log.warning("cannot presign %s: %s", chosen.artifact_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return _error(503, "registry_unavailable", "the model URL cannot be signed right now; retry shortly")
         return ResolveResponse(
             task=task, hardware_tag=tag, latency_budget_ms=body.latency_budget_ms, artifact=summary, url=url,
             url_expires_s=expires, sha256=summary.model_sha256, expected_ms=decision.expected_ms,
@@ -405,9 +536,27 @@ class PocketGAN:
                     source=mset.source if mset else "none",
                     loaded_at=mset.loaded_at.isoformat() if mset else None,
                     last_successful_poll_s_ago=(now - st.last_success_poll) if st.last_success_poll else None,
-                    last_error=st.last_error,
+                    last_error=_error_kind(st.last_error),
                 )
             )
         return ModelsResponse(
             hardware_tag=self.hardware_tag, worker_pid=os.getpid(), device_classes=self.settings.device_classes, tasks=tasks
         )
+
+
+def _edge_to_asgi(self: Any, is_main: bool = True) -> Any:
+    """BentoML builds each worker's ASGI app with `Service.to_asgi`; ours is wrapped in the Edge so that the
+    edge is the outermost layer (BentoML's metrics, timeout and routing all sit inside it)."""
+    inner = _bentoml_to_asgi(self, is_main)
+    if self is not PocketGAN:
+        return inner
+    per_worker = max(1, math.ceil(MAX_CONCURRENCY / max(1, WORKERS)))  # BentoML's own split of max_concurrency
+    return Edge(inner, ServiceSettings(), max_concurrency=per_worker, timeout_s=TIMEOUT_S)
+
+
+# Service is an attrs class with slots: the hook goes on the class, and applies to this service only
+# (BentoML's original is kept on the class so a re-import wraps it, not our wrapper).
+_Service: Any = type(PocketGAN)
+_bentoml_to_asgi = getattr(_Service, "_pocketgan_bentoml_to_asgi", None) or _Service.to_asgi
+_Service._pocketgan_bentoml_to_asgi = _bentoml_to_asgi
+_Service.to_asgi = _edge_to_asgi

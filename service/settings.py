@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import ipaddress
+import re
 from typing import Any
 
 import yaml
+from typing import Annotated
+
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from registry.errors import InvalidInput
 from registry.names import validate_name as _validate_name
@@ -27,6 +31,24 @@ def validate_name(value: str, kind: str) -> str:
 
 
 DEFAULT_DEVICE_CLASSES: dict[str, float] = {"phone-low": 400.0, "phone-high": 150.0, "desktop": 80.0}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MiB = 1024 * 1024
+
+
+def container_memory_limit() -> int | None:
+    """The cgroup (v2, then v1) memory limit of this container in bytes; None when there is none."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:  # v1 reports "no limit" as a huge number
+            return int(raw)
+    return None
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class ServiceSettings(BaseSettings):
@@ -52,10 +74,76 @@ class ServiceSettings(BaseSettings):
     min_observations: int = Field(default=5, ge=1, description="observations before they correct profiles")
     intra_op_threads: int | None = Field(default=None, ge=1)
     inference_threads: int = Field(default=4, ge=1, description="concurrent pre/infer/post jobs per worker")
+    large_pixels: int = Field(
+        default=512 * 512, ge=1,
+        description="images above this many pixels run in the large lane, so they cannot take every inference thread",
+    )
+    large_inference_threads: int = Field(default=1, ge=1, description="concurrent jobs of the large lane per worker")
     warmup_size: int = Field(default=64, ge=8)
     resolve_cache_s: float = Field(default=30.0, ge=0)
     presign_expires_s: int = Field(default=900, ge=60, le=7 * 24 * 3600)
     jpeg_quality: int = Field(default=90, ge=1, le=100)
+    # -- admission (README "Limits"): per worker, bytes = pixels x (artifact's bytes/pixel + service_bytes_per_pixel)
+    memory_budget_bytes: int | None = Field(
+        default=None, ge=16 * MiB,
+        description="bytes one worker may spend on in-flight requests; None = (container limit, else half the "
+        "machine's memory) / workers - memory_reserve_bytes",
+    )
+    memory_reserve_bytes: int = Field(
+        default=512 * MiB, ge=0, description="per worker: interpreter, BentoML, loaded sessions (not for requests)"
+    )
+    default_bytes_per_pixel: float = Field(
+        default=2048.0, gt=0, description="ORT cost of an artifact whose profile has no peak_bytes_per_pixel"
+    )
+    service_bytes_per_pixel: float = Field(
+        default=96.0, ge=0, description="decode, tensors, postprocess and encode outside ONNX Runtime"
+    )
+    body_timeout_s: float = Field(default=10.0, gt=0, description="the whole body must arrive within this (else 408)")
+    max_uploads: int = Field(default=256, ge=1, description="bodies being received at once per worker (else 503)")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 429/503")
+    # -- access control (README "Security model")
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="sha256 hex digests of the accepted API keys (JSON list or comma separated); empty = no keys",
+    )
+    internal_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs allowed to read /metrics, /models and the API docs (directly, not via a proxy); empty = all",
+    )
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _split_hashes(cls, v: Any) -> Any:
+        return _split_list(v)
+
+    @field_validator("internal_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, v: Any) -> Any:
+        return _split_list(v)
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hashes(cls, v: list[str]) -> list[str]:
+        out = [h.strip().lower() for h in v if h.strip()]
+        bad = [h[:8] + "..." for h in out if not _SHA256.match(h)]
+        if bad:
+            raise ValueError(f"api_key_hashes must be sha256 hex digests (64 hex chars); bad: {bad}")
+        return out
+
+    @field_validator("internal_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        out = [n.strip() for n in v if n.strip()]
+        for n in out:
+            ipaddress.ip_network(n, strict=False)  # ValueError -> validation error
+        return out
+
+    def worker_memory_budget(self, workers: int) -> int:
+        """Bytes one worker admits for in-flight requests (see memory_budget_bytes)."""
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        total = container_memory_limit() or physical_memory() // 2
+        return max(16 * MiB, total // max(1, workers) - self.memory_reserve_bytes)
 
     @field_validator("tasks")
     @classmethod
@@ -110,6 +198,18 @@ class ServiceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+def _split_list(v: Any) -> Any:
+    """A JSON list or a comma-separated string (handy in a k8s Secret) -> list."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [p for p in text.split(",") if p.strip()]
+    return v
 
 
 class _YamlSource(PydanticBaseSettingsSource):

@@ -39,15 +39,66 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_artifact(root: Path, width: int, seed: int, p95_ms: float | None):
-    """A real tiny generator as an artifact dir (+ its synthetic profile for TAG, or None)."""
+def build_reflect_onnx(path: Path, seed: int = 0, width: int = 4) -> Path:
+    """A tiny encoder-decoder with reflect pads like the real generators: Pad(reflect 1) -> Conv 3x3 ->
+    Conv 3x3 stride 2 -> Pad(reflect 1) -> Conv 3x3 -> ConvTranspose 4x4 stride 2 -> Tanh.
+
+    Size multiple 2 (in the ONNX metadata); the second reflect pad needs >= 2 px at half size, so
+    the smallest side it runs on is 4 (a 2x2 input fails inside ONNX Runtime, as the real ones do below 8).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def t(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    inits = [pads, t("w1", width, 3, 3, 3), t("w2", width, width, 3, 3), t("w3", width, width, 3, 3),
+             t("w4", width, 3, 4, 4)]
+    nodes = [
+        helper.make_node("Pad", ["input", "pads"], ["p1"], mode="reflect"),
+        helper.make_node("Conv", ["p1", "w1"], ["h1"], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["h2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("Pad", ["r2", "pads"], ["p2"], mode="reflect"),
+        helper.make_node("Conv", ["p2", "w3"], ["h3"], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["h3"], ["r3"]),
+        helper.make_node("ConvTranspose", ["r3", "w4"], ["h4"], kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Tanh", ["h4"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "reflect_generator",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, "height", "width"])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pocketgan-tests")
+    model.ir_version = 8
+    helper.set_model_props(model, {"pocketgan.size_multiple": "2"})
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_artifact(root: Path, width: int, seed: int, p95_ms: float | None, *, reflect: bool = False,
+                  memory_at: int | None = None, measured=None):  # noqa: ANN001 - a LatencyMeasurement
+    """A real tiny generator as an artifact dir (+ its synthetic profile for TAG, or None).
+
+    `reflect`: the reflect-pad model (build_reflect_onnx) instead of the plain convs. `memory_at`: add a
+    real measurement (compression_jobs.profiling.measure) at that square side, for its peak bytes/pixel;
+    `measured`: such a measurement taken earlier, appended as is.
+    """
     import onnxruntime as ort
 
     from registry.artifact import build_manifest, write_manifest
     from registry.manifest import Architecture, HardwareProfile, LatencyMeasurement
 
-    d = root / f"w{width}-s{seed}"
-    build_tiny_onnx(d / "model.onnx", seed=seed, width=width)
+    d = root / f"{'r' if reflect else 'w'}{width}-s{seed}"
+    (build_reflect_onnx if reflect else build_tiny_onnx)(d / "model.onnx", seed=seed, width=width)
     macs = (width * 3 * 9 + 3 * width * 9) * 256 * 256
     arch = Architecture(family="tiny-conv", channel_config=str(width), macs=macs, reference_resolution=256)
     manifest = build_manifest(d, task=TASK, method="teacher", architecture=arch)
@@ -61,6 +112,14 @@ def make_artifact(root: Path, width: int, seed: int, p95_ms: float | None):
                                    throughput_ips=1000.0 / p95_ms)
             ],
         )
+        if memory_at is not None:
+            from compression_jobs.profiling import measure
+            from registry.runtime import OnnxGenerator
+
+            gen = OnnxGenerator(d / "model.onnx", intra_op_threads=1)
+            profile.measurements.append(measure(gen, memory_at, memory_at, warmup=1, runs=1))
+        if measured is not None:
+            profile.measurements.append(measured)
     return d, manifest, profile
 
 
@@ -89,9 +148,10 @@ class Server:
         self.url, self.proc, self.log, self.registry, self.s3 = url, proc, log, registry, s3
         self.artifacts = artifacts
         self.readyz_before_promotion = pre_ready
+        self.headers: dict[str, str] = {}  # e.g. the API key when the server requires one
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0)
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers)
 
     def translate(self, c: httpx.Client, data: bytes | None = None, **fields) -> httpx.Response:
         form = {"task": TASK, "device_class": "desktop", **{k: str(v) for k, v in fields.items()}}
@@ -147,6 +207,7 @@ def service_env(s3_server, registry_location: str, tmp: Path, poll_s: float, wor
         "POCKETGAN_SERVICE_INFERENCE_THREADS": "2",
         "POCKETGAN_SERVICE_WARMUP_SIZE": "32",
         "POCKETGAN_SERVICE_RESOLVE_CACHE_S": "0",
+        "POCKETGAN_SERVICE_BODY_TIMEOUT_S": "2",
         "OMP_NUM_THREADS": "1",
     })
     return env
@@ -154,10 +215,12 @@ def service_env(s3_server, registry_location: str, tmp: Path, poll_s: float, wor
 
 @contextlib.contextmanager
 def start_service(
-    s3_server, tmp: Path, artifacts: list[tuple[str, int, int, float | None]], promote: list[str], *,
+    s3_server, tmp: Path, artifacts: list[tuple], promote: list[str], *,
     poll_s: float = 1.0, workers: int = 2, timeout_s: float = 4.0, env_overrides: dict[str, str] | None = None,
+    api_key: str | None = None,
 ) -> Iterator[Server]:
-    """Publish `artifacts` (name, width, seed, profile p95 ms), serve, promote `promote` (names), wait for every worker.
+    """Publish `artifacts` (name, width, seed, profile p95 ms[, make_artifact options]), serve, promote `promote`
+    (names), wait for every worker.
 
     The server runs in its own process group and is stopped (SIGTERM, then SIGKILL) on exit.
     """
@@ -173,8 +236,8 @@ def start_service(
     )
     registry = Registry(settings)
     ids = {}
-    for name, width, seed, p95 in artifacts:
-        d, manifest, profile = make_artifact(tmp / "artifacts", width, seed, p95)
+    for name, width, seed, p95, *opts in artifacts:
+        d, manifest, profile = make_artifact(tmp / "artifacts", width, seed, p95, **(opts[0] if opts else {}))
         registry.publish_dir(d)
         if profile is not None:
             registry.add_profile(manifest.artifact_id, profile, task=TASK)
@@ -182,6 +245,10 @@ def start_service(
 
     env = service_env(s3_server, settings.registry, tmp, poll_s, workers, timeout_s)
     env.update(env_overrides or {})
+    if api_key is not None:
+        import hashlib
+
+        env["POCKETGAN_SERVICE_API_KEY_HASHES"] = hashlib.sha256(api_key.encode()).hexdigest()
     port = free_port()
     log = tmp / "bentoml.log"
     with open(log, "wb") as fh:
@@ -189,6 +256,8 @@ def start_service(
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     srv = Server(url, proc, log, registry, s3_server, ids, pre_ready=-1)
+    if api_key is not None:
+        srv.headers["Authorization"] = f"Bearer {api_key}"
     try:
         with httpx.Client(base_url=url, timeout=5.0) as c:
             deadline = time.monotonic() + START_TIMEOUT_S

@@ -36,6 +36,7 @@ def test_profile_model_measures_every_point(artifact_dir):
     for m in p.measurements:
         assert m.runs >= 5 and 0 < m.p50_ms <= m.p95_ms <= m.p99_ms and m.throughput_ips > 0
         assert m.peak_memory_mb is not None and m.peak_memory_mb >= 0
+        assert m.peak_bytes_per_pixel is not None and m.peak_bytes_per_pixel >= 0  # /proc: the peak can be reset
     assert p.nearest(50, 60).height == 48
 
 

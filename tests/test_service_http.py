@@ -176,8 +176,8 @@ def test_overload_gives_429_json_never_5xx(server: Server) -> None:
     assert 429 in codes and 200 in codes
 
 
-def test_stalled_upload_times_out_with_504_and_worker_stays_free(server: Server) -> None:
-    """A client that stops sending mid-body (slowloris) gets BentoML's 504 after the traffic timeout."""
+def test_stalled_upload_gets_408_and_worker_stays_free(server: Server) -> None:
+    """A client that stops sending mid-body (slowloris) gets 408 after the body deadline, connection closed."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as s:
         s.sendall(
@@ -193,8 +193,9 @@ def test_stalled_upload_times_out_with_504_and_worker_stays_free(server: Server)
                 break
             reply += chunk
     head, _, body = reply.decode(errors="replace").partition("\r\n\r\n")
-    assert head.startswith("HTTP/1.1 504"), head[:200]
-    assert "error" in json.loads(body)
+    assert head.startswith("HTTP/1.1 408"), head[:200]
+    assert "connection: close" in head.lower()
+    assert json.loads(body)["reason"] == "body_timeout"
     with server.client() as c:
         assert server.translate(c).status_code == 200
 
@@ -276,6 +277,10 @@ def test_promote_swaps_without_restart_or_failed_requests(server: Server) -> Non
     with server.client() as c:
         t = c.get("/models").json()["tasks"][0]
         assert t["promoted"] == [other]
+        # the retired artifacts' series leave /metrics (no unbounded growth across promotions)
+        text = c.get("/metrics").text
+        assert f'artifact="{other}"' in text
+        assert f'artifact="{server.artifacts["small"]}"' not in text and f'artifact="{server.artifacts["large"]}"' not in text
 
 
 def test_corrupt_promoted_set_keeps_old_set(server: Server, tmp_path: Path) -> None:

@@ -81,3 +81,29 @@ def test_sniff_and_encode() -> None:
     for fmt in ("png", "jpeg", "webp"):
         body, ctype = encode_image(RGB, fmt)
         assert sniff_format(body) == fmt.upper() and ctype == f"image/{fmt}"
+
+
+def _jpeg_with_app1(payload: bytes) -> bytes:
+    import struct
+
+    j = _save(Image.new("RGB", (20, 10), (200, 10, 10)), "JPEG")
+    return j[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + j[2:]
+
+
+@pytest.mark.parametrize("payload", [
+    b"Exif\x00\x00garbage!",
+    b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12",
+    b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x02\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+    b"\x87\x69\x00\x04\x00\x00\x00\x01\x00\x00\x13\x88\x00\x00\x00\x00",
+])
+def test_malformed_exif_never_raises_anything_but_a_rejection(payload: bytes) -> None:
+    from service.images import probe_image
+
+    data = _jpeg_with_app1(payload)
+    try:
+        d = decode_image(data, max_pixels=10_000)
+    except ImageRejected as r:
+        assert r.status == 400 and r.reason == "corrupt_image"
+    else:
+        assert d.image.mode == "RGB" and sorted(d.image.size) == [10, 20]
+    assert probe_image(data, max_pixels=10_000).width == 20
