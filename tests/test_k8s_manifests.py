@@ -230,6 +230,14 @@ def test_env_names_exist_in_the_code_and_references_resolve() -> None:
                     assert f"create secret generic {ref['name']}" in container_md
 
 
+def test_api_keys_are_required_in_the_cluster() -> None:
+    """/translate and /resolve take keys in the cluster: the digests come from a Secret that is not optional."""
+    env = {e["name"]: e for e in _pod("Deployment")["spec"]["containers"][0]["env"]}
+    ref = env["POCKETGAN_SERVICE_API_KEY_HASHES"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "pocketgan-api-keys" and not ref.get("optional", False)
+    assert "POCKETGAN_SERVICE_API_KEY_HASHES" not in _one("ConfigMap")["data"], "keys belong in a Secret"
+
+
 def test_configmap_values_parse_with_the_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from registry.config import RegistrySettings
     from service.settings import ServiceSettings
