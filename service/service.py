@@ -22,6 +22,9 @@ aggregation), `/docs.json` (it merges the FastAPI routes' OpenAPI), and traffic 
 | `X-Pocketgan-Budget-Met` | `true` / `false`: actual <= budget |
 | `X-Pocketgan-No-Eligible` | `true` when no promoted artifact was expected to meet the budget (fastest served) |
 | `X-Pocketgan-Hardware-Tag` | the hardware tag whose profiles were used |
+| `X-Pocketgan-Policy` | the device class's selection policy (`smallest` / `best-quality`) |
+| `X-Pocketgan-Fallback-From` | only when the first artifact failed at run time: its id (the request was retried once) |
+| `X-Pocketgan-Probe` | `true` when the artifact was re-probed after its own observed latency had excluded it |
 """
 
 from __future__ import annotations
@@ -44,10 +47,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.errors import RegistryError
 from registry.manifest import Manifest
-from registry.runtime import image_to_tensor, tensor_to_image
+from registry.runtime import tensor_to_image
 from service.images import Decoded, ImageRejected, decode_image, encode_image
 from service.metrics import Metrics, build_metrics
-from service.pool import LoadedArtifact, ModelPool, ModelSet, candidate_for, summarize
+from service.pool import LoadedArtifact, ModelPool, candidate_for, summarize
 from service.schemas import (
     CandidateOut,
     ErrorBody,
@@ -58,7 +61,7 @@ from service.schemas import (
     ResolveResponse,
     TaskModelsOut,
 )
-from service.selection import Decision, SelectionRequest, select
+from service.selection import SelectionRequest, select
 from service.settings import ServiceSettings
 
 log = logging.getLogger("pocketgan.service")
@@ -110,6 +113,7 @@ _TRANSLATE_BODY: dict[str, Any] = {
                 for h in (
                     "X-Pocketgan-Artifact", "X-Pocketgan-Expected-Ms", "X-Pocketgan-Actual-Ms", "X-Pocketgan-Budget-Ms",
                     "X-Pocketgan-Budget-Met", "X-Pocketgan-No-Eligible", "X-Pocketgan-Hardware-Tag",
+                    "X-Pocketgan-Policy", "X-Pocketgan-Fallback-From", "X-Pocketgan-Probe",
                 )
             },
         }
@@ -230,11 +234,12 @@ class PocketGAN:
             raise ImageRejected(400, "unknown_task", f"unknown task {task[:64]!r}; served: {', '.join(self.settings.tasks)}")
         return task
 
-    def _run(self, art: LoadedArtifact, decoded: Decoded, fmt: str, task: str) -> tuple[bytes, str, float]:
-        """Preprocess, infer, postprocess, encode: blocking, runs in a worker thread."""
+    def _run(self, art: LoadedArtifact, decoded: Decoded, fmt: str, task: str) -> tuple[bytes, str, tuple[int, int], float]:
+        """Preprocess, infer, postprocess, encode: blocking, runs in a worker thread.
+        Returns (body, content type, tensor (H, W), inference seconds)."""
         m, gen = self.metrics, art.generator
         t0 = time.perf_counter()
-        x, size = image_to_tensor(decoded.image, size_multiple=gen.size_multiple, max_side=self.settings.max_side)
+        x, size = gen.prepare(decoded.image, max_side=self.settings.max_side)
         t1 = time.perf_counter()
         y = gen.run(x)
         t2 = time.perf_counter()
@@ -246,7 +251,7 @@ class PocketGAN:
         m.inference_duration.labels(task, art.manifest.artifact_id).observe(t2 - t1)
         m.processing_duration.labels(task, "postprocess").observe(t3 - t2)
         m.processing_duration.labels(task, "encode").observe(t4 - t3)
-        return body, ctype, x.shape[2] * x.shape[3]
+        return body, ctype, (x.shape[2], x.shape[3]), t2 - t1
 
     # -- routes -------------------------------------------------------------------------------
     @app.post("/translate", openapi_extra=_TRANSLATE_BODY, responses=_ERRORS, response_class=Response)
@@ -279,12 +284,33 @@ class PocketGAN:
         t_decoded = time.perf_counter()
         self.metrics.processing_duration.labels(task, "decode").observe(t_decoded - started)
         w, h = decoded.image.size
-        decision = self._decide(mset, task, budget, h, w)
-        art = mset.artifacts[decision.artifact_id]
         fmt = out_fmt or decoded.format.lower()
-        body, ctype, pixels = await anyio.to_thread.run_sync(
-            lambda: self._run(art, decoded, fmt, task), limiter=self.limiter
-        )
+        # a model that raises is retried once on the next choice without it; never a 500 for a model's fault
+        decision = self.pool.decide(mset, task, device_class, budget, h, w)
+        failed: str | None = None
+        while True:
+            if decision is None:
+                resp = _error(503, "no_servable_model", f"no servable model for {task} right now; retry shortly")
+                resp.headers["Retry-After"] = "1"
+                return resp
+            art = mset.artifacts[decision.artifact_id]
+            try:
+                body, ctype, (th, tw), infer_s = await anyio.to_thread.run_sync(
+                    lambda: self._run(art, decoded, fmt, task), limiter=self.limiter
+                )
+                self.pool.breaker.success(task, decision.artifact_id)
+                break
+            except Exception as exc:  # noqa: BLE001 - whatever the model raised
+                self.pool.model_failed(task, decision.artifact_id, exc)
+                if failed is not None:
+                    decision = None
+                    continue
+                failed = decision.artifact_id
+                decision = self.pool.decide(mset, task, device_class, budget, h, w, exclude=frozenset({failed}))
+        if failed is not None:
+            self.metrics.fallbacks.labels(task).inc()
+        self.pool.observe(mset, decision.artifact_id, th, tw, infer_s * 1000.0)
+        self.metrics.policy_selections.labels(task, device_class, decision.policy).inc()
         actual_ms = (time.perf_counter() - started) * 1000.0
         met = actual_ms <= budget
         m = self.metrics
@@ -295,8 +321,6 @@ class PocketGAN:
         m.selections.labels(task, decision.artifact_id).inc()
         if decision.no_eligible:
             m.no_eligible.labels(task, device_class).inc()
-        chosen = next(e for e in decision.estimates if e.artifact_id == decision.artifact_id)
-        self.pool.observations.add(decision.artifact_id, actual_ms, chosen.profile_ms)
         headers = {
             "X-Pocketgan-Artifact": decision.artifact_id,
             "X-Pocketgan-Expected-Ms": f"{decision.expected_ms:.2f}" if decision.expected_ms is not None else "none",
@@ -305,13 +329,13 @@ class PocketGAN:
             "X-Pocketgan-Budget-Met": "true" if met else "false",
             "X-Pocketgan-No-Eligible": "true" if decision.no_eligible else "false",
             "X-Pocketgan-Hardware-Tag": self.hardware_tag,
+            "X-Pocketgan-Policy": decision.policy,
         }
+        if failed is not None:
+            headers["X-Pocketgan-Fallback-From"] = failed
+        if decision.probe:
+            headers["X-Pocketgan-Probe"] = "true"
         return Response(content=body, media_type=ctype, headers=headers)
-
-    def _decide(self, mset: ModelSet, task: str, budget: float, h: int, w: int) -> Decision:
-        observed = {aid: self.pool.observations.get(aid) for aid in mset.artifact_ids}
-        req = SelectionRequest(task=task, hardware_tag=self.hardware_tag, budget_ms=budget, height=h, width=w)
-        return select(list(mset.here), observed, req, min_observations=self.settings.min_observations)
 
     @app.post("/resolve", response_model=ResolveResponse, responses=_ERRORS)
     async def resolve(self, body: ResolveRequest) -> Any:
