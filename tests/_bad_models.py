@@ -112,3 +112,64 @@ def unbounded_output(path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return _save(model, path)
+
+
+def reflect_pad(path: Path) -> Path:
+    """A valid generator that needs at least 8x8: reflect padding by 4 (pad < side) then a 9x9 conv,
+    size multiple 4 in its metadata, so 4x4 fails in ONNX Runtime and 8x8 is its smallest side."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(17)
+    w = numpy_helper.from_array((rng.standard_normal((3, 3, 9, 9)) * 0.02).astype(np.float32), "w")
+    pads = numpy_helper.from_array(np.array([0, 0, 4, 4, 0, 0, 4, 4], np.int64), "pads")
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["input", "pads"], ["p"], mode="reflect"),
+         helper.make_node("Conv", ["p", "w"], ["h"], kernel_shape=[9, 9]),
+         helper.make_node("Tanh", ["h"], ["output"])], "reflect",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, "height", "width"])], initializer=[w, pads],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.helper.set_model_props(model, {"pocketgan.size_multiple": "4"})
+    return _save(model, path)
+
+
+def artifact_dir(root: Path, name: str, builder, *, task: str, macs: int | None, input_nc: int = 3,  # noqa: ANN001
+                 output_nc: int = 3, method: str = "teacher", ssim: float | None = None) -> tuple[Path, "object"]:
+    """An artifact directory (model.onnx + manifest.json, no contract record, like an old manifest)
+    for the model `builder` writes; returns (dir, manifest)."""
+    from registry.artifact import build_manifest, write_manifest
+    from registry.manifest import Architecture, Quality
+
+    d = root / name
+    builder(d / "model.onnx")
+    arch = Architecture(family="test", macs=macs, reference_resolution=256, input_nc=input_nc, output_nc=output_nc)
+    manifest = build_manifest(d, task=task, method=method, architecture=arch, quality=Quality(ssim_to_teacher=ssim))
+    write_manifest(d, manifest)
+    return d, manifest
+
+
+def sneak_in(registry, d: Path, manifest) -> str:  # noqa: ANN001
+    """Upload an artifact behind the registry's back (no contract check), as an old registry or a
+    hostile writer would: files, then the manifest. Returns the artifact id."""
+    prefix = registry._artifact_prefix(manifest.task, manifest.artifact_id)
+    for f in manifest.files:
+        registry.store.put(prefix + f.path, d / f.path)
+    registry.store.put(prefix + "manifest.json", manifest.model_dump_json().encode())
+    return manifest.artifact_id
+
+
+def point_alias(registry, task: str, channel: str, ids: list[str]) -> int:  # noqa: ANN001
+    """Write the alias directly (no promote checks); returns the new revision."""
+    from registry.records import Alias
+
+    key = registry._alias_key(task, channel)
+    try:
+        current = registry.read_alias(task, channel).alias
+        new = current.model_copy(update={"revision": current.revision + 1, "artifacts": ids})
+    except Exception:  # noqa: BLE001 - never promoted
+        new = Alias(task=task, channel=channel, revision=1, artifacts=ids, history=[], updated_by="pytest")
+    registry.store.put(key, new.model_dump_json().encode())
+    return new.revision
