@@ -133,7 +133,11 @@ class Registry:
         artifact_dir = Path(artifact_dir)
         manifest = read_artifact_dir(artifact_dir, verify=True)
         # the generator contract runs before anything is uploaded; its record goes into the manifest
-        manifest = manifest.model_copy(update={"contract": self._contract(artifact_dir / manifest.model_file, manifest)})
+        record = self._contract(artifact_dir / manifest.model_file, manifest)
+        manifest = manifest.model_copy(update={"contract": record})
+        if manifest.architecture.macs is None and record.graph_macs:  # selection ranks by MACs: fill them in
+            arch = manifest.architecture.model_copy(update={"macs": record.graph_macs})
+            manifest = manifest.model_copy(update={"architecture": arch})
         for entry in manifest.files:
             if entry.path in (MANIFEST_NAME, RETIRED_NAME) or entry.path.startswith(PROFILES_DIR + "/"):
                 raise InvalidInput(f"{artifact_dir}: file name {entry.path!r} is reserved for registry metadata")

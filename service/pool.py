@@ -128,8 +128,13 @@ class Observations:
         self._s: dict[str, list[float]] = {}  # id -> [count, ewma, ewma_abs_dev, last update]
         self._waiting: dict[str, int] = {}
 
-    def add(self, artifact_id: str, inference_ms: float, profile_ms: float | None, pixels: int | None = None) -> bool:
-        """One sample; False when ignored (unprofiled, or fewer than `min_pixels` pixels)."""
+    def add(
+        self, artifact_id: str, inference_ms: float, profile_ms: float | None, pixels: int | None = None, *,
+        restart: bool = False,
+    ) -> bool:
+        """One sample; False when ignored (unprofiled, or fewer than `min_pixels` pixels).
+        `restart`: the sample of a re-probe replaces the stale state (ratio = this sample) instead
+        of nudging it, so one fast probe re-admits the artifact and one slow probe keeps it out."""
         if profile_ms is None or profile_ms <= 0:
             return False  # unprofiled: nothing to correct
         if pixels is not None and pixels < self.min_pixels:
@@ -137,8 +142,8 @@ class Observations:
         v = min(max(inference_ms / profile_ms, 1.0 / self.clamp), self.clamp)
         now = self._clock()
         s = self._s.get(artifact_id)
-        if s is None:
-            self._s[artifact_id] = [1, v, 0.0, now]
+        if s is None or restart:
+            self._s[artifact_id] = [(s[0] if s else 0) + 1, v, 0.0, now]
             return True
         s[1], s[2] = self._decayed(s, now)
         s[0] += 1
@@ -221,6 +226,7 @@ class ModelPool:
         hardware_tag: str,
         registry_factory: Callable[[], Any] | None = None,
         cache_root: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -230,9 +236,11 @@ class ModelPool:
         self.states: dict[str, TaskState] = {t: TaskState() for t in settings.tasks}
         self.observations = Observations(
             settings.ewma_alpha, min_pixels=settings.ratio_min_pixels, clamp=settings.ratio_clamp,
-            half_life_s=settings.ratio_half_life_s, reprobe_every=settings.reprobe_every,
+            half_life_s=settings.ratio_half_life_s, reprobe_every=settings.reprobe_every, clock=clock,
         )
-        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, on_change=self._breaker_changed)
+        self.breaker = CircuitBreaker(
+            settings.breaker_failures, settings.breaker_cooldown_s, clock=clock, on_change=self._breaker_changed
+        )
         self._cache_root = cache_root
         self._stop = asyncio.Event()
 
@@ -290,11 +298,14 @@ class ModelPool:
         if ejected:
             self.metrics.artifact_ejections.labels(task, artifact_id).inc()
 
-    def observe(self, mset: ModelSet, artifact_id: str, height: int, width: int, inference_ms: float) -> bool:
-        """Feed the latency correction: inference time vs the profile p95 at the tensor's size."""
+    def observe(
+        self, mset: ModelSet, artifact_id: str, height: int, width: int, inference_ms: float, *, probe: bool = False
+    ) -> bool:
+        """Feed the latency correction: inference time vs the profile p95 at the tensor's size (a
+        re-probe's sample restarts the artifact's ratio, see `Observations.add`)."""
         cand = next((c for c in mset.here if c.artifact_id == artifact_id), None)
         profile_ms = profile_expected_ms(cand.measurements, height, width) if cand is not None else None
-        return self.observations.add(artifact_id, inference_ms, profile_ms, pixels=height * width)
+        return self.observations.add(artifact_id, inference_ms, profile_ms, pixels=height * width, restart=probe)
 
     # -- registry -----------------------------------------------------------------------------
     def registry(self) -> Any:

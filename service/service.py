@@ -309,7 +309,7 @@ class PocketGAN:
                 decision = self.pool.decide(mset, task, device_class, budget, h, w, exclude=frozenset({failed}))
         if failed is not None:
             self.metrics.fallbacks.labels(task).inc()
-        self.pool.observe(mset, decision.artifact_id, th, tw, infer_s * 1000.0)
+        self.pool.observe(mset, decision.artifact_id, th, tw, infer_s * 1000.0, probe=decision.probe)
         self.metrics.policy_selections.labels(task, device_class, decision.policy).inc()
         actual_ms = (time.perf_counter() - started) * 1000.0
         met = actual_ms <= budget
