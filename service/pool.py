@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Generic, Literal, TypeVar
 
 import anyio
 
@@ -187,6 +187,19 @@ class Observations:
         return {k: self.get(k) for k in self._s}
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Served(Generic[T]):
+    """What `ModelPool.run_with_fallback` ran: the decision that served, its result, and the
+    artifact that failed first (None when the first choice worked)."""
+
+    decision: Decision
+    result: T
+    failed_from: str | None = None
+
+
 @dataclass
 class TaskState:
     current: ModelSet | None = None
@@ -283,6 +296,31 @@ class ModelPool:
                 self.metrics.latency_probes.labels(task).inc()
                 return probe
         return decision
+
+    async def run_with_fallback(
+        self, mset: ModelSet, task: str, device_class: str, budget_ms: float, height: int, width: int,
+        run: Callable[[LoadedArtifact], Awaitable[T]],
+    ) -> Served[T] | None:
+        """`run` the chosen artifact; if it raises, once more on the next choice without it (the next
+        eligible by the policy, else the fastest other). None when nothing servable is left or both
+        attempts failed: the caller answers 503, never 500, for a model's fault."""
+        decision = self.decide(mset, task, device_class, budget_ms, height, width)
+        failed: str | None = None
+        for _ in range(2):
+            if decision is None:
+                return None
+            try:
+                result = await run(mset.artifacts[decision.artifact_id])
+            except Exception as exc:  # noqa: BLE001 - whatever the model raised
+                self.model_failed(task, decision.artifact_id, exc)
+                failed = failed or decision.artifact_id
+                decision = self.decide(mset, task, device_class, budget_ms, height, width, exclude=frozenset({failed}))
+                continue
+            self.breaker.success(task, decision.artifact_id)
+            if failed is not None:
+                self.metrics.fallbacks.labels(task).inc()
+            return Served(decision, result, failed)
+        return None
 
     def model_failed(self, task: str, artifact_id: str, exc: BaseException) -> None:
         """A run-time failure of a loaded model: counted, logged, fed to the circuit breaker."""

@@ -285,30 +285,17 @@ class PocketGAN:
         self.metrics.processing_duration.labels(task, "decode").observe(t_decoded - started)
         w, h = decoded.image.size
         fmt = out_fmt or decoded.format.lower()
-        # a model that raises is retried once on the next choice without it; never a 500 for a model's fault
-        decision = self.pool.decide(mset, task, device_class, budget, h, w)
-        failed: str | None = None
-        while True:
-            if decision is None:
-                resp = _error(503, "no_servable_model", f"no servable model for {task} right now; retry shortly")
-                resp.headers["Retry-After"] = "1"
-                return resp
-            art = mset.artifacts[decision.artifact_id]
-            try:
-                body, ctype, (th, tw), infer_s = await anyio.to_thread.run_sync(
-                    lambda: self._run(art, decoded, fmt, task), limiter=self.limiter
-                )
-                self.pool.breaker.success(task, decision.artifact_id)
-                break
-            except Exception as exc:  # noqa: BLE001 - whatever the model raised
-                self.pool.model_failed(task, decision.artifact_id, exc)
-                if failed is not None:
-                    decision = None
-                    continue
-                failed = decision.artifact_id
-                decision = self.pool.decide(mset, task, device_class, budget, h, w, exclude=frozenset({failed}))
-        if failed is not None:
-            self.metrics.fallbacks.labels(task).inc()
+        # a model that raises is retried once on another (service.pool); never a 500 for a model's fault
+        served = await self.pool.run_with_fallback(
+            mset, task, device_class, budget, h, w,
+            lambda art: anyio.to_thread.run_sync(lambda: self._run(art, decoded, fmt, task), limiter=self.limiter),
+        )
+        if served is None:
+            resp = _error(503, "no_servable_model", f"no servable model for {task} right now; retry shortly")
+            resp.headers["Retry-After"] = "1"
+            return resp
+        decision, failed = served.decision, served.failed_from
+        body, ctype, (th, tw), infer_s = served.result
         self.pool.observe(mset, decision.artifact_id, th, tw, infer_s * 1000.0, probe=decision.probe)
         self.metrics.policy_selections.labels(task, device_class, decision.policy).inc()
         actual_ms = (time.perf_counter() - started) * 1000.0
