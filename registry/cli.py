@@ -206,6 +206,12 @@ def show_cmd(artifact_id: str, task: str | None, as_json: bool) -> None:
         f"architecture: {a.family} channels={a.channel_config or '-'} in/out={a.input_nc}/{a.output_nc} "
         f"MACs@{a.reference_resolution}={_fmt_macs(a.macs)} params={_fmt_params(a.params)} opset={a.onnx_opset} {a.precision}"
     )
+    ct = m.contract
+    c.print(
+        f"contract: passed with onnxruntime {ct.runtime_version} at {ct.checked_at:%Y-%m-%d %H:%M}: min side {ct.min_side}, "
+        f"sides multiple of {ct.size_multiple}, graph MACs@{a.reference_resolution}={_fmt_macs(ct.graph_macs)}"
+        if ct is not None and ct.passed else "contract: not recorded (published before the check; promote runs it)"
+    )
     q = m.quality
     metrics = {"PSNR/teacher": q.psnr_to_teacher, "SSIM/teacher": q.ssim_to_teacher, "PSNR/truth": q.psnr_to_ground_truth,
                "SSIM/truth": q.ssim_to_ground_truth, "PSNR/fp32": q.psnr_to_fp32, "FID": q.fid, "KID": q.kid, "LPIPS": q.lpips}

@@ -60,13 +60,15 @@ def test_cli_publish_exit_7_with_reason(registry_env: dict[str, str], tmp_path: 
         assert "not a servable generator" in r.stderr and reason in r.stderr and "Traceback" not in r.stderr
 
 
-def test_publish_records_the_check_and_min_side(registry, tmp_path: Path) -> None:
+def test_publish_records_the_check_and_min_side(registry, registry_env: dict[str, str], tmp_path: Path) -> None:
     m = registry.publish_model(build_tiny_onnx(tmp_path / "ok" / "model.onnx"), task=TASK, method="teacher").manifest
     c = m.contract
     assert c is not None and c.passed and c.runtime_version == ort_version()
     assert (c.input_nc, c.output_nc, c.size_multiple, c.min_side) == (3, 3, 4, 4)
     assert c.graph_macs == m.architecture.macs > 0
     assert registry.get_manifest(m.artifact_id).contract == c  # stored with the manifest
+    r = cli(registry_env, "registry", "show", m.artifact_id)
+    assert r.returncode == 0 and f"contract: passed with onnxruntime {ort_version()}" in r.stdout and "min side 4" in r.stdout
     # reflect padding by 4 needs more than 4 pixels a side: the smallest side that runs is 8
     d, manifest = bad.artifact_dir(tmp_path, "reflect", bad.reflect_pad, task=TASK, macs=None)
     assert registry.publish_dir(d).manifest.contract.min_side == 8
