@@ -570,13 +570,15 @@ class Registry:
             raise ContractViolation(f"a promoted set must share one channel signature, got {parts}")
         if channel is None or not signatures:
             return
-        current = self._current(task, channel)
-        if current is None or not current.alias.artifacts:
-            return
-        try:
-            ref = self.get_manifest(current.alias.artifacts[0], task).architecture
+        try:  # advisory read: the compare-and-swap in `_swap` re-reads the alias it replaces
+            serving = self.read_alias(task, channel).alias.artifacts
+            ref = self.get_manifest(serving[0], task).architecture if serving else None
+        except BucketNotFound:
+            raise
         except (IntegrityError, NotFound):
-            return  # the current set is broken: replacing it is the fix, not something to refuse
+            return  # never promoted, or the current set is broken: replacing it is the fix
+        if ref is None:
+            return
         (sig,) = signatures
         if sig != (ref.input_nc, ref.output_nc):
             raise ContractViolation(
