@@ -407,6 +407,8 @@ class PocketGAN:
                                 count=obs.count, ewma_ratio=self.pool.observations.ewma(aid), p95_ratio=obs.p95_ratio,
                             ),
                             providers=a.generator.providers,
+                            min_side=a.generator.min_side,
+                            ejected_for_s=self.pool.breaker.seconds_left(task, aid),
                         )
                     )
             tasks.append(

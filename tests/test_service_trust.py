@@ -128,6 +128,7 @@ def test_a_model_that_needs_8px_serves_a_2x2_upload(server: Server, tmp_path: Pa
         promote_and_wait(server, c, [rp])
         r = translate(server, c, png_bytes(2, 2), latency_budget_ms=1000)
         assert r.status_code == 200 and r.headers["X-Pocketgan-Artifact"] == rp
+        assert models_task(c)["loaded"][0]["min_side"] == 8
         assert Image.open(io.BytesIO(r.content)).size == (2, 2)
 
 
@@ -190,6 +191,8 @@ def test_a_failing_model_falls_back_then_is_ejected(server: Server, tmp_path: Pa
         assert server.metric(c, "pocketgan_fallbacks_total", task=TASK) == 2
         assert server.metric(c, "pocketgan_artifact_ejections_total", artifact=sq) == 1
         assert server.metric(c, "pocketgan_artifact_ejected", artifact=sq) == 1
+        loaded = {x["summary"]["artifact_id"]: x for x in models_task(c)["loaded"]}
+        assert 0 < loaded[sq]["ejected_for_s"] <= COOLDOWN_S and loaded[a]["ejected_for_s"] == 0
         r = translate(server, c, square)  # ejected: not even tried
         assert r.headers["X-Pocketgan-Artifact"] == a and "X-Pocketgan-Fallback-From" not in r.headers
         assert c.get("/readyz").status_code == 200  # a is still servable
