@@ -6,8 +6,10 @@ environment (POCKETGAN_REGISTRY, POCKETGAN_S3_ENDPOINT, AWS_*); see `registry.co
 Exit codes (raised as RegistryError subclasses and turned into one line by `pocketgan.cli.main`):
 0 ok, 2 bad usage / invalid name or manifest / POCKETGAN_REGISTRY unset, 3 conflict (lost race,
 expected revision mismatch, retired or still-promoted artifact), 4 not found (artifact, alias,
-bucket), 5 integrity failure (sha256/size mismatch), 6 registry unreachable (down, timeout,
-credentials rejected).
+bucket), 5 integrity failure (sha256/size mismatch, a stored manifest/profile/alias/event that no
+longer parses: `ls` and `history` still list everything else and mark it corrupt), 6 registry
+unreachable (down, timeout, credentials rejected), 7 not a servable generator (the contract of
+`registry.contract`, checked at publish and promote).
 """
 
 from __future__ import annotations
@@ -90,9 +92,16 @@ def registry_cli() -> None:
 @click.option("--task", default=None, help="Task (required for a bare .onnx file).")
 @click.option("--method", default=None, help="Method, e.g. teacher, omgd, int8 (required for a bare .onnx file).")
 @click.option("--parent", default=None, help="Parent artifact id or name (bare .onnx only).")
+@click.option("--input-nc", type=click.IntRange(1, 64), default=3, show_default=True, help="Declared input channels (bare .onnx only).")
+@click.option("--output-nc", type=click.IntRange(1, 64), default=3, show_default=True, help="Declared output channels (bare .onnx only).")
 @_json_option
-def publish_cmd(path: Path, task: str | None, method: str | None, parent: str | None, as_json: bool) -> None:
-    """Publish an artifact directory (with manifest.json) or a bare model.onnx (with --task/--method)."""
+def publish_cmd(path: Path, task: str | None, method: str | None, parent: str | None, input_nc: int, output_nc: int,
+                as_json: bool) -> None:
+    """Publish an artifact directory (with manifest.json) or a bare model.onnx (with --task/--method).
+
+    The generator contract runs first (ONNX Runtime opens it, one NCHW float input/output with the
+    declared channels and dynamic H x W, a finite in-range forward pass, MACs > 0): exit 7 with the
+    reason when it fails; nothing is uploaded then."""
     reg = _registry()
     if path.is_dir() and (path / "manifest.json").is_file():
         if task or method or parent:
@@ -104,7 +113,7 @@ def publish_cmd(path: Path, task: str | None, method: str | None, parent: str | 
             raise click.UsageError(f"{path} is neither an artifact directory (manifest.json) nor an .onnx file")
         if not task or not method:
             raise click.UsageError("publishing a bare .onnx file needs --task and --method")
-        result = reg.publish_model(onnx_path, task=task, method=method, parent=parent)
+        result = reg.publish_model(onnx_path, task=task, method=method, parent=parent, input_nc=input_nc, output_nc=output_nc)
     m = result.manifest
     if as_json:
         _emit_json({"artifact_id": m.artifact_id, "task": m.task, "method": m.method, "created": result.created})
@@ -123,10 +132,16 @@ def publish_cmd(path: Path, task: str | None, method: str | None, parent: str | 
 @click.option("--all", "include_retired", is_flag=True, help="Include retired artifacts.")
 @_json_option
 def ls_cmd(task: str | None, method: str | None, hardware_tag: str | None, include_retired: bool, as_json: bool) -> None:
-    """List published artifacts (a JSON list of manifests with --json)."""
+    """List published artifacts (a JSON list of manifests with --json).
+
+    An artifact whose stored manifest or profile does not parse is listed as corrupt (whatever the
+    filters; `{"artifact_id", "task", "corrupt"}` in JSON), the rest as usual, then exit 5."""
     items = _registry().list_status(task=task, method=method, hardware_tag=hardware_tag, include_retired=include_retired)
+    corrupt = [i for i in items if i.manifest is None]
     if as_json:
-        _emit_json([i.manifest for i in items])
+        _emit_json([i.manifest if i.manifest is not None else {"artifact_id": i.artifact_id, "task": i.task, "corrupt": i.corrupt}
+                    for i in items])
+        _exit_if_corrupt([f"{i.task}/{i.artifact_id}: {i.corrupt}" for i in corrupt])
         return
     from rich.table import Table
 
@@ -137,6 +152,12 @@ def ls_cmd(task: str | None, method: str | None, hardware_tag: str | None, inclu
         table.add_column("retired")
     for item in items:
         m = item.manifest
+        if m is None:
+            row = [item.artifact_id, item.task, "[red]CORRUPT[/red]", "-", "-", "-", "-", "-", "-"]
+            if include_retired:
+                row.append("yes" if item.retired else "")
+            table.add_row(*row)
+            continue
         row = [
             m.artifact_id,
             m.task,
@@ -152,6 +173,18 @@ def ls_cmd(task: str | None, method: str | None, hardware_tag: str | None, inclu
             row.append("yes" if item.retired else "")
         table.add_row(*row)
     _console().print(table)
+    _exit_if_corrupt([f"{i.task}/{i.artifact_id}: {i.corrupt}" for i in corrupt])
+
+
+def _exit_if_corrupt(lines: list[str]) -> None:
+    """After listing everything else: name each corrupt object on stderr and exit 5 (integrity)."""
+    if not lines:
+        return
+    import sys
+
+    for line in lines:
+        click.echo(f"corrupt: {line}", err=True)
+    sys.exit(5)
 
 
 @registry_cli.command("show")
@@ -172,6 +205,12 @@ def show_cmd(artifact_id: str, task: str | None, as_json: bool) -> None:
     c.print(
         f"architecture: {a.family} channels={a.channel_config or '-'} in/out={a.input_nc}/{a.output_nc} "
         f"MACs@{a.reference_resolution}={_fmt_macs(a.macs)} params={_fmt_params(a.params)} opset={a.onnx_opset} {a.precision}"
+    )
+    ct = m.contract
+    c.print(
+        f"contract: passed with onnxruntime {ct.runtime_version} at {ct.checked_at:%Y-%m-%d %H:%M}: min side {ct.min_side}, "
+        f"sides multiple of {ct.size_multiple}, graph MACs@{a.reference_resolution}={_fmt_macs(ct.graph_macs)}"
+        if ct is not None and ct.passed else "contract: not recorded (published before the check; promote runs it)"
     )
     q = m.quality
     metrics = {"PSNR/teacher": q.psnr_to_teacher, "SSIM/teacher": q.ssim_to_teacher, "PSNR/truth": q.psnr_to_ground_truth,
@@ -377,10 +416,14 @@ def alias_cmd(task: str, channel: str, as_json: bool) -> None:
 @click.option("--channel", default=None)
 @_json_option
 def history_cmd(task: str, channel: str | None, as_json: bool) -> None:
-    """The audit log: who published/promoted/rolled back/retired what, and when."""
-    events = _registry().history(task, channel)
+    """The audit log: who published/promoted/rolled back/retired what, and when.
+
+    An event that does not parse is listed as corrupt and the rest still shown, then exit 5."""
+    events, corrupt = _registry().history_status(task, channel)
+    bad = [f"{c.key}: {c.reason}" for c in corrupt]
     if as_json:
-        _emit_json(events)
+        _emit_json([*events, *({"key": c.key, "corrupt": c.reason} for c in corrupt)])
+        _exit_if_corrupt(bad)
         return
     from rich.table import Table
 
@@ -393,7 +436,10 @@ def history_cmd(task: str, channel: str | None, as_json: bool) -> None:
             e.at.strftime("%Y-%m-%d %H:%M:%S"), e.action, e.channel or "", e.actor, rev,
             " ".join(e.from_set), " ".join(e.to_set), e.reason or "",
         )
+    for c in corrupt:
+        table.add_row("?", "[red]CORRUPT[/red]", "", "", "", "", "", c.key.rsplit("/", 1)[-1])
     _console().print(table)
+    _exit_if_corrupt(bad)
 
 
 @registry_cli.command("retire")
@@ -402,7 +448,8 @@ def history_cmd(task: str, channel: str | None, as_json: bool) -> None:
 @click.option("--actor", default=None)
 @_json_option
 def retire_cmd(artifact_id: str, task: str | None, actor: str | None, as_json: bool) -> None:
-    """Hide an artifact from `ls` and forbid promoting it (refused while it is promoted)."""
+    """Hide an artifact from `ls` and forbid promoting it (refused while it is promoted; works on an
+    artifact whose manifest is corrupt)."""
     m = _registry().retire(artifact_id, task, actor=actor)
     if as_json:
         _emit_json({"artifact_id": m.artifact_id, "task": m.task, "retired": True})

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from registry.artifact import MANIFEST_NAME, MODEL_NAME, build_manifest, read_artifact_dir, sha256_file, write_manifest
 from registry.config import RegistrySettings
-from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound, RegistryUnreachable
+from registry.errors import Conflict, ContractViolation, IntegrityError, InvalidInput, NotFound, RegistryUnreachable
 from registry.manifest import ARTIFACT_ID_LENGTH, Architecture, HardwareProfile, Manifest, Quality
 from registry.names import validate_name
 from registry.records import MAX_ALIAS_HISTORY, Alias, AliasSnapshot, AuditEvent
@@ -49,10 +49,21 @@ class PublishResult(BaseModel):
 
 
 class ListedArtifact(BaseModel):
-    """A manifest plus whether it is retired (for `ls --all`)."""
+    """A manifest plus whether it is retired (for `ls --all`); or, for a stored object that no longer
+    parses, `manifest=None` and `corrupt` saying why (one bad object must not hide the others)."""
 
-    manifest: Manifest
+    artifact_id: str
+    task: str
+    manifest: Manifest | None
     retired: bool = False
+    corrupt: str | None = None
+
+
+class CorruptObject(BaseModel):
+    """A stored registry object (manifest, profile, audit event) that does not parse."""
+
+    key: str
+    reason: str
 
 
 class Tombstone(BaseModel):
@@ -121,6 +132,12 @@ class Registry:
         """
         artifact_dir = Path(artifact_dir)
         manifest = read_artifact_dir(artifact_dir, verify=True)
+        # the generator contract runs before anything is uploaded; its record goes into the manifest
+        record = self._contract(artifact_dir / manifest.model_file, manifest)
+        manifest = manifest.model_copy(update={"contract": record})
+        if manifest.architecture.macs is None and record.graph_macs:  # selection ranks by MACs: fill them in
+            arch = manifest.architecture.model_copy(update={"macs": record.graph_macs})
+            manifest = manifest.model_copy(update={"architecture": arch})
         for entry in manifest.files:
             if entry.path in (MANIFEST_NAME, RETIRED_NAME) or entry.path.startswith(PROFILES_DIR + "/"):
                 raise InvalidInput(f"{artifact_dir}: file name {entry.path!r} is reserved for registry metadata")
@@ -160,7 +177,24 @@ class Registry:
             raise
         except NotFound:
             return None
-        return Manifest.parse(data, source=self.url(key))
+        return self._parse_stored(data, key)
+
+    def _parse_stored(self, data: bytes, key: str) -> Manifest:
+        """A manifest read back from the bucket; one that no longer validates is an integrity failure (exit 5)."""
+        try:
+            return Manifest.parse(data, source=self.url(key))
+        except InvalidInput as exc:
+            raise IntegrityError(f"corrupt registry object: {exc}") from exc
+
+    @staticmethod
+    def _contract(model_path: Path, manifest: Manifest):  # noqa: ANN205 - ContractCheck
+        """Run the generator contract (registry.contract); ContractViolation names the artifact."""
+        from registry.contract import check_generator
+
+        try:
+            return check_generator(model_path, manifest.architecture)
+        except ContractViolation as exc:
+            raise ContractViolation(f"artifact {manifest.artifact_id} ({manifest.task}) is not a servable generator: {exc}") from exc
 
     def _same_content(self, existing: Manifest, new: Manifest, key: str) -> None:
         def files(m: Manifest) -> set[tuple[str, str, int]]:
@@ -182,8 +216,13 @@ class Registry:
         quality: Quality | None = None,
         job: dict[str, Any] | None = None,
         architecture: Architecture | None = None,
+        input_nc: int = 3,
+        output_nc: int = 3,
     ) -> PublishResult:
-        """Publish a bare ONNX file: build its manifest (sha256, bytes, MACs/params/opset) and publish."""
+        """Publish a bare ONNX file: build its manifest (sha256, bytes, MACs/params/opset) and publish.
+
+        Channels are declared (`input_nc`/`output_nc`, RGB by default), not copied from the graph,
+        so the contract check catches a 1- or 4-channel model published to an RGB task."""
         from registry.onnx_stats import onnx_stats
 
         validate_name(task, "task")
@@ -203,8 +242,8 @@ class Registry:
         if arch.onnx_opset is None:
             updates["onnx_opset"] = stats.opset
         if architecture is None:
-            updates["input_nc"] = stats.input_nc or 3
-            updates["output_nc"] = stats.output_nc or 3
+            updates["input_nc"] = input_nc
+            updates["output_nc"] = output_nc
         arch = arch.model_copy(update=updates)
         with tempfile.TemporaryDirectory(prefix="pocketgan-publish-") as tmp:
             tmp_dir = Path(tmp)
@@ -250,7 +289,7 @@ class Registry:
             raise
         except NotFound as exc:
             raise NotFound(f"artifact {artifact_id} not found for task {task} ({self.url(key)} missing)") from exc
-        manifest = Manifest.parse(data, source=self.url(key))
+        manifest = self._parse_stored(data, key)
         prefix = self._artifact_prefix(task, artifact_id)
         return self._merge_profiles(manifest, [k for k in self.store.list(prefix + PROFILES_DIR + "/")])
 
@@ -262,7 +301,7 @@ class Registry:
             try:
                 profile = HardwareProfile.model_validate_json(data)
             except ValueError as exc:
-                raise InvalidInput(f"{self.url(key)} is not a valid hardware profile: {str(exc).splitlines()[0]}") from exc
+                raise IntegrityError(f"corrupt registry object: {self.url(key)} is not a valid hardware profile: {str(exc).splitlines()[0]}") from exc
             manifest = manifest.with_profile(profile)
         return manifest
 
@@ -298,16 +337,21 @@ class Registry:
                     validate_artifact_id(aid)
                 except InvalidInput:
                     continue
-                data, _ = self.store.get(base + aid + "/" + MANIFEST_NAME)
-                manifest = Manifest.parse(data, source=self.url(base + aid + "/" + MANIFEST_NAME))
+                try:
+                    data, _ = self.store.get(base + aid + "/" + MANIFEST_NAME)
+                    manifest = self._parse_stored(data, base + aid + "/" + MANIFEST_NAME)
+                    profile_keys = [base + aid + "/" + r for r in rests if r.startswith(PROFILES_DIR + "/")]
+                    manifest = self._merge_profiles(manifest, profile_keys)
+                except IntegrityError as exc:  # listed as corrupt whatever the filters: it must not go unnoticed
+                    out.append(ListedArtifact(artifact_id=aid, task=t, manifest=None, retired=retired, corrupt=str(exc)))
+                    continue
                 if method is not None and manifest.method != method:
                     continue
-                profile_keys = [base + aid + "/" + r for r in rests if r.startswith(PROFILES_DIR + "/")]
-                manifest = self._merge_profiles(manifest, profile_keys)
                 if hardware_tag is not None and manifest.profile(hardware_tag) is None:
                     continue
-                out.append(ListedArtifact(manifest=manifest, retired=retired))
-        out.sort(key=lambda a: (a.manifest.task, a.manifest.created_at, a.manifest.artifact_id))
+                out.append(ListedArtifact(artifact_id=aid, task=t, manifest=manifest, retired=retired))
+        epoch = datetime.min.replace(tzinfo=timezone.utc)
+        out.sort(key=lambda a: (a.task, a.manifest.created_at if a.manifest else epoch, a.artifact_id))
         return out
 
     def list(
@@ -317,8 +361,9 @@ class Registry:
         hardware_tag: str | None = None,
         include_retired: bool = False,
     ) -> builtins.list[Manifest]:
-        """Published manifests (profiles merged), oldest first; retired ones only if asked."""
-        return [a.manifest for a in self.list_status(task, method, hardware_tag, include_retired)]
+        """Published manifests (profiles merged), oldest first; retired ones only if asked; corrupt ones
+        left out (`list_status` reports them)."""
+        return [a.manifest for a in self.list_status(task, method, hardware_tag, include_retired) if a.manifest is not None]
 
     # ------------------------------------------------------------------ integrity
 
@@ -486,7 +531,7 @@ class Registry:
         try:
             return Alias.model_validate_json(data)
         except ValueError as exc:
-            raise InvalidInput(f"{self.url(key)} is not a valid alias: {str(exc).splitlines()[0]}") from exc
+            raise IntegrityError(f"corrupt registry object: {self.url(key)} is not a valid alias: {str(exc).splitlines()[0]}") from exc
 
     def channels(self, task: str) -> builtins.list[str]:
         validate_name(task, "task")
@@ -501,12 +546,53 @@ class Registry:
         except NotFound:
             return None
 
-    def _check_promotable(self, task: str, artifact_ids: builtins.list[str]) -> None:
+    def _check_promotable(self, task: str, artifact_ids: builtins.list[str], channel: str | None = None) -> None:
+        """Each artifact: not retired, every file's sha256, the generator contract (re-run on the
+        downloaded model when the manifest has no passing record for this ONNX Runtime version);
+        the set: one channel signature, the same as the set it replaces."""
+        from registry.contract import needs_check
+
+        signatures: dict[tuple[int, int], builtins.list[str]] = {}
         for aid in artifact_ids:
-            self.get_manifest(aid, task)
+            manifest = self.get_manifest(aid, task)
             if self.is_retired(aid, task):
                 raise Conflict(f"artifact {aid} ({task}) is retired and cannot be promoted")
-            self.verify(aid, task)
+            if needs_check(manifest.contract):
+                with tempfile.TemporaryDirectory(prefix="pocketgan-promote-") as tmp:
+                    self._download_verified(manifest, Path(tmp))
+                    self._contract(Path(tmp) / manifest.model_file, manifest)
+            else:
+                self.verify(aid, task)
+            a = manifest.architecture
+            signatures.setdefault((a.input_nc, a.output_nc), []).append(aid)
+        if len(signatures) > 1:
+            parts = "; ".join(f"{i}->{o} channels: {' '.join(ids)}" for (i, o), ids in signatures.items())
+            raise ContractViolation(f"a promoted set must share one channel signature, got {parts}")
+        if channel is None or not signatures:
+            return
+        try:  # advisory read: the compare-and-swap in `_swap` re-reads the alias it replaces
+            serving = self.read_alias(task, channel).alias.artifacts
+            ref = self.get_manifest(serving[0], task).architecture if serving else None
+        except BucketNotFound:
+            raise
+        except (IntegrityError, NotFound):
+            return  # never promoted, or the current set is broken: replacing it is the fix
+        if ref is None:
+            return
+        (sig,) = signatures
+        if sig != (ref.input_nc, ref.output_nc):
+            raise ContractViolation(
+                f"{task}/{channel} serves {ref.input_nc}->{ref.output_nc} channels; {' '.join(signatures[sig])} "
+                f"is {sig[0]}->{sig[1]}: not a drop-in replacement"
+            )
+
+    def _download_verified(self, manifest: Manifest, dest: Path) -> None:
+        prefix = self._artifact_prefix(manifest.task, manifest.artifact_id)
+        for entry in manifest.files:
+            target = dest / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                self._check_download(prefix + entry.path, entry.bytes, entry.sha256, fh)
 
     def promote(
         self,
@@ -525,7 +611,7 @@ class Registry:
             raise InvalidInput("promote needs at least one artifact id")
         if len(set(ids)) != len(ids):
             raise InvalidInput(f"duplicate artifact ids in {ids}")
-        self._check_promotable(task, ids)
+        self._check_promotable(task, ids, channel)
         current = self._current(task, channel)
         old = current.alias if current else None
         history = [*(old.history if old else []), *([old.artifacts] if old else [])][-MAX_ALIAS_HISTORY:]
@@ -622,27 +708,37 @@ class Registry:
         return key
 
     def history(self, task: str, channel: str | None = None) -> builtins.list[AuditEvent]:
-        """Audit events of a task (optionally one channel), oldest first."""
+        """Audit events of a task (optionally one channel), oldest first; corrupt ones left out
+        (`history_status` reports them)."""
+        return self.history_status(task, channel)[0]
+
+    def history_status(
+        self, task: str, channel: str | None = None
+    ) -> tuple[builtins.list[AuditEvent], builtins.list[CorruptObject]]:
+        """(audit events oldest first, events that do not parse): one bad object does not hide the log."""
         if channel is not None:
             validate_name(channel, "channel")
-        events = []
+        events, corrupt = [], []
         for key in self.store.list(self._events_prefix(task)):
             data, _ = self.store.get(key)
             try:
                 event = AuditEvent.model_validate_json(data)
             except ValueError as exc:
-                raise InvalidInput(f"{self.url(key)} is not a valid audit event: {str(exc).splitlines()[0]}") from exc
+                corrupt.append(CorruptObject(key=self.url(key), reason=f"not a valid audit event: {str(exc).splitlines()[0]}"))
+                continue
             if channel is None or event.channel == channel:
                 events.append(event)
         events.sort(key=lambda e: (e.at, e.event_id))
-        return events
+        return events, corrupt
 
     # ------------------------------------------------------------------ retire
 
-    def retire(self, artifact_id: str, task: str | None = None, actor: str | None = None) -> Manifest:
-        """Tombstone an artifact: hidden from `list`, never promotable again. Refused while promoted."""
-        manifest = self.get_manifest(artifact_id, task)
-        task = manifest.task
+    def retire(self, artifact_id: str, task: str | None = None, actor: str | None = None) -> Tombstone:
+        """Tombstone an artifact: hidden from `list`, never promotable again. Refused while promoted.
+        Works on an artifact whose manifest is corrupt (that is when an operator needs it most)."""
+        task = self._resolve_task(artifact_id, task)
+        if not self.store.exists(self._manifest_key(task, artifact_id)):
+            raise NotFound(f"artifact {artifact_id} not found for task {task}")
         self._refuse_if_promoted(task, artifact_id)
         key = self._artifact_prefix(task, artifact_id) + RETIRED_NAME
         actor = actor or self.settings.actor
@@ -650,7 +746,7 @@ class Registry:
         try:
             self.store.put(key, stone.model_dump_json(indent=2).encode(), if_none_match=True)
         except Conflict:
-            return manifest  # already retired: idempotent
+            return stone  # already retired: idempotent
         try:
             # a promote may have raced us between the check and the tombstone
             self._refuse_if_promoted(task, artifact_id)
@@ -660,7 +756,7 @@ class Registry:
         self._append_event(
             AuditEvent(event_id=uuid.uuid4().hex, task=task, action="retire", actor=actor, from_set=[artifact_id])
         )
-        return manifest
+        return stone
 
     def _refuse_if_promoted(self, task: str, artifact_id: str) -> None:
         for channel in self.channels(task):

@@ -32,7 +32,8 @@ class NotFound(RegistryError):
 
 
 class IntegrityError(RegistryError):
-    """A file's bytes do not match the sha256 recorded in its manifest."""
+    """A file's bytes do not match the sha256 recorded in its manifest, or a stored registry object
+    (manifest, profile, alias, audit event) no longer parses."""
 
     exit_code = 5
 
@@ -41,3 +42,10 @@ class RegistryUnreachable(RegistryError):
     """The object store did not answer (down, wrong endpoint, network)."""
 
     exit_code = 6
+
+
+class ContractViolation(RegistryError):
+    """The model is not a generator the service can run (registry.contract): refused at publish,
+    promote and load."""
+
+    exit_code = 7

@@ -176,6 +176,29 @@ class HardwareProfile(_Model):
         return nearest_measurement(self.measurements, height, width, batch)
 
 
+# --- generator contract record (registry/contract.py fills it at publish) -------------------------
+
+class ContractCheck(_Model):
+    """That the model passed the generator contract, under which ONNX Runtime, and what the check
+    learnt about it (the sizes it accepts). Written at publish; old manifests have none and are
+    checked again at promote and load."""
+
+    passed: bool
+    runtime: str = "onnxruntime"
+    runtime_version: str
+    checked_at: datetime = Field(default_factory=utcnow)
+    input_name: str
+    output_name: str
+    input_nc: int = Field(ge=1)
+    output_nc: int = Field(ge=1)
+    size_multiple: int = Field(ge=1, description="height and width must be multiples of this")
+    min_side: int = Field(ge=1, description="smallest side (a multiple of size_multiple) the model runs at")
+    output_range: tuple[float, float] = Field(default=(-1.0, 1.0), description="declared output range (tanh)")
+    reference_output_min: float = Field(description="output minimum on the reference image at min_side")
+    reference_output_max: float
+    graph_macs: int | None = Field(default=None, ge=0, description="MACs counted from the graph at reference_resolution")
+
+
 class Manifest(_Model):
     """Everything downstream reads this. Built by compression jobs, validated at every boundary."""
 
@@ -192,6 +215,7 @@ class Manifest(_Model):
     quality: Quality = Field(default_factory=Quality)
     profiles: list[HardwareProfile] = Field(default_factory=list)
     model_file: str = Field(default="model.onnx", description="path of the ONNX graph in files")
+    contract: ContractCheck | None = Field(default=None, description="generator contract check (registry.contract)")
 
     @field_validator("method")
     @classmethod

@@ -26,7 +26,7 @@ META_SIZE_MULTIPLE = "pocketgan.size_multiple"
 META_FAMILY = "pocketgan.family"
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-_FAMILY_MULTIPLE = {"resnet": 4, "mobile-resnet": 4, "supernet": 4}
+FAMILY_SIZE_MULTIPLE = {"resnet": 4, "mobile-resnet": 4, "supernet": 4}
 
 
 def cuda_usable() -> bool:
@@ -52,6 +52,7 @@ class OnnxGenerator:
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
         size_multiple: int | None = None,
+        min_side: int | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -88,14 +89,8 @@ class OnnxGenerator:
         self.output_nc: int = _static(out.shape, 1, default=3)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.size_multiple: int = size_multiple or self._size_multiple_from_metadata() or self._probe_size_multiple()
-        self._min_side: int | None = None
-
-    @property
-    def min_side(self) -> int:
-        """Smallest input side (H and W, multiples of `size_multiple`) the model runs on; probed once."""
-        if self._min_side is None:
-            self._min_side = probe_min_side(self)
-        return self._min_side
+        self.min_side: int = max(self.size_multiple, min_side or 0)
+        """smallest side the model runs at (registry.contract measures it); smaller inputs are upscaled"""
 
     @property
     def provider(self) -> str:
@@ -111,8 +106,8 @@ class OnnxGenerator:
                 family = json.loads(manifest.read_text()).get("architecture", {}).get("family")
             except ValueError:
                 family = None
-            if family in _FAMILY_MULTIPLE:
-                return _FAMILY_MULTIPLE[family]
+            if family in FAMILY_SIZE_MULTIPLE:
+                return FAMILY_SIZE_MULTIPLE[family]
         return None
 
     def _probe_size_multiple(self) -> int:
@@ -152,31 +147,12 @@ class OnnxGenerator:
 
     def translate(self, img: Image.Image, *, max_side: int | None = None) -> Image.Image:
         """PIL in, PIL out (same size as the input), using the helpers below."""
-        x, size = image_to_tensor(img, size_multiple=self.size_multiple, max_side=max_side)
+        x, size = self.prepare(img, max_side=max_side)
         return tensor_to_image(self.run(x), size=size)
 
-
-def probe_min_side(generator: "OnnxGenerator", max_multiples: int = 16) -> int:
-    """The smallest square side (a multiple of the size multiple) the generator runs on and keeps.
-
-    Reflect pads need at least pad+1 pixels on every level after the stride-2 downsamplings (the
-    ResNet generators need 8, not 4), which neither the size multiple nor the graph inputs say.
-    Convolutional generators act on each axis alike, so a side that works square works for that
-    axis of any rectangle. (Until the manifest records the minimum at publish, this probe is it.)
-    """
-    m = generator.size_multiple
-    quiet = ort.RunOptions()
-    quiet.log_severity_level = 4  # the expected failures are not errors worth logging
-    for k in range(1, max_multiples + 1):
-        side = k * m
-        x = np.zeros((1, generator.input_nc, side, side), np.float32)
-        try:
-            y = generator.session.run([generator.output_name], {generator.input_name: x}, quiet)[0]
-        except Exception:  # noqa: BLE001 - too small for this network (ORT raises its own types)
-            continue
-        if y.shape[-2:] == (side, side):
-            return side
-    raise InvalidInput(f"{generator.model_path}: runs on no side up to {max_multiples * m}")
+    def prepare(self, img: Image.Image, *, max_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """:func:`image_to_tensor` with this model's size multiple and minimum side."""
+        return image_to_tensor(img, size_multiple=self.size_multiple, max_side=max_side, min_side=self.min_side)
 
 
 def _static(shape: Sequence[object], axis: int, default: int) -> int:
@@ -220,9 +196,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def target_size(width: int, height: int, size_multiple: int, max_side: int | None = None) -> tuple[int, int]:
+def target_size(
+    width: int, height: int, size_multiple: int, max_side: int | None = None, min_side: int | None = None
+) -> tuple[int, int]:
     """Resize policy: optionally shrink so the longer side <= max_side (keeping aspect ratio), then
-    round each side to the nearest multiple of `size_multiple` (at least one multiple)."""
+    round each side to the nearest multiple of `size_multiple`, at least `min_side` (rounded up to a
+    multiple; default one multiple): a 2x2 upload must not reach a network whose pads need 8x8."""
     if width <= 0 or height <= 0:
         raise InvalidInput(f"empty image ({width}x{height})")
     w, h = float(width), float(height)
@@ -230,11 +209,12 @@ def target_size(width: int, height: int, size_multiple: int, max_side: int | Non
         scale = max_side / max(w, h)
         w, h = w * scale, h * scale
     m = size_multiple
-    return max(m, int(round(w / m)) * m), max(m, int(round(h / m)) * m)
+    floor = max(m, -(-(min_side or 0) // m) * m)
+    return max(floor, int(round(w / m)) * m), max(floor, int(round(h / m)) * m)
 
 
 def image_to_tensor(
-    img: Image.Image, *, size_multiple: int, max_side: int | None = None
+    img: Image.Image, *, size_multiple: int, max_side: int | None = None, min_side: int | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """PIL image -> (1x3xHxW float32 in [-1, 1], original (width, height) after EXIF orientation).
 
@@ -243,7 +223,7 @@ def image_to_tensor(
     """
     rgb = to_rgb(img)
     original = rgb.size
-    size = target_size(*original, size_multiple=size_multiple, max_side=max_side)
+    size = target_size(*original, size_multiple=size_multiple, max_side=max_side, min_side=min_side)
     if size != original:
         rgb = rgb.resize(size, Image.Resampling.BICUBIC)
     arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0

@@ -43,7 +43,7 @@ class ImageRejected(Exception):
 REJECTION_REASONS = (
     "body_too_large", "wrong_content_type", "bad_form", "missing_image", "empty_image", "unsupported_format",
     "too_many_pixels", "corrupt_image", "animated_image", "bad_parameter", "unknown_task", "unknown_device_class",
-    "budget_out_of_range", "image_too_small", "busy",
+    "budget_out_of_range", "busy", "no_servable_model",
 )
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from service.images import REJECTION_REASONS
 
-SWAP_FAILURE_REASONS = ("integrity", "unreachable", "not_found", "load_error", "other")
+SWAP_FAILURE_REASONS = ("contract", "integrity", "unreachable", "not_found", "load_error", "other")
 
 
 @dataclass
@@ -42,6 +42,13 @@ class Metrics:
     admission: Any
     admitted_bytes: Any
     memory_budget: Any
+    # serving trust (issue 11): fallback, circuit breaker, re-probing, policy
+    model_failures: Any = None
+    fallbacks: Any = None
+    artifact_ejected: Any = None
+    artifact_ejections: Any = None
+    latency_probes: Any = None
+    policy_selections: Any = None
 
     def init_labels(self, tasks: list[str], device_classes: list[str]) -> None:
         """Create zero-valued children so every metric shows up in the first scrape."""
@@ -64,6 +71,9 @@ class Metrics:
             self.edge_refusals.labels(r)
         for outcome in ADMISSION_OUTCOMES:
             self.admission.labels(outcome)
+        for t in tasks:
+            self.fallbacks.labels(t)
+            self.latency_probes.labels(t)
 
     def set_budgets(self, device_classes: dict[str, float]) -> None:
         """Export each device class's default budget (ms in settings, seconds here) for p95-vs-budget alerts."""
@@ -172,6 +182,25 @@ def build_metrics(budget_buckets_s: list[float]) -> Metrics:
         memory_budget=pc.Gauge(
             "pocketgan_memory_budget_bytes", "Bytes the workers admit for in-flight requests (sum over live workers)",
             multiprocess_mode="livesum",
+        ),
+        # serving trust (issue 11)
+        model_failures=pc.Counter(
+            "pocketgan_model_failures_total", "Inference runs that raised (the request was retried on another artifact)",
+            ["task", "artifact"],
+        ),
+        fallbacks=pc.Counter("pocketgan_fallbacks_total", "Requests served by a second artifact after the first failed", ["task"]),
+        artifact_ejected=pc.Gauge(
+            "pocketgan_artifact_ejected", "1 while the circuit breaker keeps an artifact out of selection (any live worker)",
+            ["task", "artifact"], multiprocess_mode="livemax",
+        ),
+        artifact_ejections=pc.Counter(
+            "pocketgan_artifact_ejections_total", "Times the circuit breaker ejected an artifact for a cool-down", ["task", "artifact"],
+        ),
+        latency_probes=pc.Counter(
+            "pocketgan_latency_probes_total", "Requests that re-probed an artifact excluded by its own observed latency", ["task"],
+        ),
+        policy_selections=pc.Counter(
+            "pocketgan_policy_selections_total", "Selections by device class and selection policy", ["task", "device_class", "policy"],
         ),
     )
     return _METRICS

@@ -11,6 +11,13 @@
   (artifact dirs + manifests). If the registry is unreachable while nothing is loaded, that
   record is re-verified (sha256 of every file) and served with source="cache".
 - Blocking work (S3, hashing, session creation, warm-up) runs in worker threads.
+- Before a set is swapped in, every new artifact passes the generator contract
+  (`registry.contract`, under this process's ONNX Runtime) and the service's own need: RGB in,
+  RGB out (3 -> 3 channels). One failing artifact refuses the whole set
+  (`pocketgan_model_swap_failures_total{reason="contract"}`); the old set keeps serving.
+- Serving trust: `decide` picks per request (selection policy of the device class, artifacts the
+  circuit breaker ejected left out, bounded re-probing of artifacts excluded by their own latency
+  ratio); `model_failed` feeds the breaker; `observe` feeds the latency correction.
 """
 
 from __future__ import annotations
@@ -24,18 +31,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Generic, Literal, TypeVar
 
 import anyio
 
 from registry.artifact import read_artifact_dir
-from registry.errors import IntegrityError, InvalidInput, NotFound, RegistryError, RegistryUnreachable
-from registry.manifest import Manifest
+from registry.contract import check_generator
+from registry.errors import ContractViolation, IntegrityError, InvalidInput, NotFound, RegistryError, RegistryUnreachable
+from registry.manifest import ContractCheck, Manifest
 from registry.records import Alias
 from registry.runtime import OnnxGenerator
+from service.fallback import CircuitBreaker
 from service.metrics import Metrics
 from service.schemas import ArtifactSummary
-from service.selection import Candidate, Observed
+from service.selection import Candidate, Decision, Observed, SelectionRequest, profile_expected_ms, select
 from service.settings import ServiceSettings
 
 log = logging.getLogger("pocketgan.service")
@@ -54,11 +63,17 @@ def summarize(m: Manifest) -> ArtifactSummary:
     )
 
 
+def fidelity(m: Manifest) -> float | None:
+    """Recorded fidelity for the `best-quality` policy: a teacher is the reference (1.0), a student
+    its SSIM to the teacher (None when not measured)."""
+    return 1.0 if m.method == "teacher" else m.quality.ssim_to_teacher
+
+
 def candidate_for(m: Manifest, hardware_tag: str) -> Candidate:
     prof = m.profile(hardware_tag)
     return Candidate(
         artifact_id=m.artifact_id, macs=m.architecture.macs, total_bytes=m.total_bytes,
-        measurements=list(prof.measurements) if prof else [],
+        measurements=list(prof.measurements) if prof else [], fidelity=fidelity(m),
     )
 
 
@@ -87,41 +102,102 @@ class ModelSet:
 
 
 class Observations:
-    """Per-artifact EWMA of actual / profile-expected latency and of its absolute deviation.
+    """Per-artifact EWMA of inference time / profile p95 at that size, and of its absolute deviation.
 
     p95 ~= ewma + 2 * ewma_abs_dev (for a normal distribution the mean absolute deviation is
     ~0.8 sigma and p95 = mean + 1.645 sigma ~= mean + 2 * MAD). Updated on the event loop only.
+
+    Built so that no request sequence can poison it (issue 11): only inference time counts
+    (decode/encode are not the model's), tensors under `min_pixels` are ignored (fixed costs
+    dwarf a profile scaled down to 4x4), each sample and the p95 are clamped to
+    [1/clamp, clamp], and the state decays toward ratio 1 with `half_life_s` while the artifact
+    is not observed. `note_excluded` counts requests an artifact sat out because of its own
+    ratio; every `reprobe_every`-th it is due for a re-probe.
     """
 
-    def __init__(self, alpha: float) -> None:
+    def __init__(
+        self, alpha: float, *, min_pixels: int = 0, clamp: float = float("inf"), half_life_s: float = float("inf"),
+        reprobe_every: int = 0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.alpha = alpha
-        self._s: dict[str, list[float]] = {}  # id -> [count, ewma, ewma_abs_dev]
+        self.min_pixels = min_pixels
+        self.clamp = clamp
+        self.half_life_s = half_life_s
+        self.reprobe_every = reprobe_every
+        self._clock = clock
+        self._s: dict[str, list[float]] = {}  # id -> [count, ewma, ewma_abs_dev, last update]
+        self._waiting: dict[str, int] = {}
 
-    def add(self, artifact_id: str, actual_ms: float, profile_ms: float | None) -> None:
+    def add(
+        self, artifact_id: str, inference_ms: float, profile_ms: float | None, pixels: int | None = None, *,
+        restart: bool = False,
+    ) -> bool:
+        """One sample; False when ignored (unprofiled, or fewer than `min_pixels` pixels).
+        `restart`: the sample of a re-probe replaces the stale state (ratio = this sample) instead
+        of nudging it, so one fast probe re-admits the artifact and one slow probe keeps it out."""
         if profile_ms is None or profile_ms <= 0:
-            return  # unprofiled: nothing to correct
-        v = actual_ms / profile_ms
+            return False  # unprofiled: nothing to correct
+        if pixels is not None and pixels < self.min_pixels:
+            return False
+        v = min(max(inference_ms / profile_ms, 1.0 / self.clamp), self.clamp)
+        now = self._clock()
         s = self._s.get(artifact_id)
-        if s is None:
-            self._s[artifact_id] = [1, v, 0.0]
-            return
+        if s is None or restart:
+            self._s[artifact_id] = [(s[0] if s else 0) + 1, v, 0.0, now]
+            return True
+        s[1], s[2] = self._decayed(s, now)
         s[0] += 1
         dev = abs(v - s[1])
         s[1] += self.alpha * (v - s[1])
         s[2] += self.alpha * (dev - s[2])
+        s[3] = now
+        return True
+
+    def _decayed(self, s: list[float], now: float) -> tuple[float, float]:
+        if self.half_life_s == float("inf"):
+            return s[1], s[2]
+        f = 0.5 ** (max(0.0, now - s[3]) / self.half_life_s)
+        return 1.0 + (s[1] - 1.0) * f, s[2] * f
 
     def get(self, artifact_id: str) -> Observed:
         s = self._s.get(artifact_id)
         if s is None:
             return Observed()
-        return Observed(count=int(s[0]), p95_ratio=s[1] + 2 * s[2])
+        ewma, dev = self._decayed(s, self._clock())
+        return Observed(count=int(s[0]), p95_ratio=min(ewma + 2 * dev, self.clamp))
 
     def ewma(self, artifact_id: str) -> float | None:
         s = self._s.get(artifact_id)
-        return s[1] if s else None
+        return self._decayed(s, self._clock())[0] if s else None
+
+    def note_excluded(self, artifact_ids: list[str]) -> set[str]:
+        """Count one more request these artifacts sat out on their own ratio; those now due for a re-probe."""
+        due = set()
+        for aid in artifact_ids:
+            n = self._waiting.get(aid, 0) + 1
+            self._waiting[aid] = n
+            if self.reprobe_every and n >= self.reprobe_every:
+                due.add(aid)
+        return due
+
+    def probed(self, artifact_id: str) -> None:
+        self._waiting.pop(artifact_id, None)
 
     def all(self) -> dict[str, Observed]:
         return {k: self.get(k) for k in self._s}
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Served(Generic[T]):
+    """What `ModelPool.run_with_fallback` ran: the decision that served, its result, and the
+    artifact that failed first (None when the first choice worked)."""
+
+    decision: Decision
+    result: T
+    failed_from: str | None = None
 
 
 @dataclass
@@ -135,6 +211,8 @@ class TaskState:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ContractViolation):
+        return "contract"
     if isinstance(exc, IntegrityError):
         return "integrity"
     if isinstance(exc, RegistryUnreachable):
@@ -161,6 +239,7 @@ class ModelPool:
         hardware_tag: str,
         registry_factory: Callable[[], Any] | None = None,
         cache_root: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -168,7 +247,13 @@ class ModelPool:
         self._registry_factory = registry_factory or _default_registry
         self._registry: Any = None
         self.states: dict[str, TaskState] = {t: TaskState() for t in settings.tasks}
-        self.observations = Observations(settings.ewma_alpha)
+        self.observations = Observations(
+            settings.ewma_alpha, min_pixels=settings.ratio_min_pixels, clamp=settings.ratio_clamp,
+            half_life_s=settings.ratio_half_life_s, reprobe_every=settings.reprobe_every, clock=clock,
+        )
+        self.breaker = CircuitBreaker(
+            settings.breaker_failures, settings.breaker_cooldown_s, clock=clock, on_change=self._breaker_changed
+        )
         self._cache_root = cache_root
         self._stop = asyncio.Event()
 
@@ -178,8 +263,91 @@ class ModelPool:
         return st.current if st else None
 
     def ready(self) -> bool:
-        """At least one promoted set loaded and warmed for every configured task."""
-        return all(st.current is not None for st in self.states.values())
+        """Every configured task has a loaded, warmed set with at least one artifact the circuit
+        breaker has not ejected (a servable model)."""
+        return all(
+            st.current is not None and any(not self.breaker.ejected(task, aid) for aid in st.current.artifact_ids)
+            for task, st in self.states.items()
+        )
+
+    # -- serving trust: selection, failures, observations ---------------------------------------
+    def decide(
+        self, mset: ModelSet, task: str, device_class: str, budget_ms: float, height: int, width: int,
+        exclude: frozenset[str] = frozenset(),
+    ) -> Decision | None:
+        """The artifact for one request, by the device class's policy, leaving out `exclude` and
+        ejected artifacts (None when nothing is left). Now and then an artifact excluded by its own
+        observed ratio is re-probed (judged on its profile alone) so it can be observed again."""
+        cands = [c for c in mset.here if c.artifact_id not in exclude and not self.breaker.ejected(task, c.artifact_id)]
+        if not cands:
+            return None
+        observed = {c.artifact_id: self.observations.get(c.artifact_id) for c in cands}
+        req = SelectionRequest(task=task, hardware_tag=self.hardware_tag, budget_ms=budget_ms, height=height, width=width)
+        policy = self.settings.policy_for(device_class)
+        kw = {"min_observations": self.settings.min_observations, "policy": policy}
+        decision = select(cands, observed, req, **kw)
+        if exclude:
+            return decision  # a retry after a failure: no exploration
+        due = self.observations.note_excluded([e.artifact_id for e in decision.estimates if e.excluded_by_ratio])
+        if due:
+            probe = select(cands, observed, req, probe=frozenset(due), **kw)
+            if probe.probe:
+                self.observations.probed(probe.artifact_id)
+                self.metrics.latency_probes.labels(task).inc()
+                return probe
+        return decision
+
+    async def run_with_fallback(
+        self, mset: ModelSet, task: str, device_class: str, budget_ms: float, height: int, width: int,
+        run: Callable[[LoadedArtifact], Awaitable[T]], *, first: Decision | None = None,
+        passthrough: tuple[type[BaseException], ...] = (),
+    ) -> Served[T] | None:
+        """`run` the chosen artifact (`first`, else decided here); if it raises, once more on the next
+        choice without it (the next eligible by the policy, else the fastest other). None when nothing
+        servable is left or both attempts failed: the caller answers 503, never 500, for a model's
+        fault. Exceptions in `passthrough` are not the model's fault (a missed deadline): re-raised."""
+        decision = first or self.decide(mset, task, device_class, budget_ms, height, width)
+        failed: str | None = None
+        for _ in range(2):
+            if decision is None:
+                return None
+            try:
+                result = await run(mset.artifacts[decision.artifact_id])
+            except passthrough:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever the model raised
+                self.model_failed(task, decision.artifact_id, exc)
+                failed = failed or decision.artifact_id
+                decision = self.decide(mset, task, device_class, budget_ms, height, width, exclude=frozenset({failed}))
+                continue
+            self.breaker.success(task, decision.artifact_id)
+            if failed is not None:
+                self.metrics.fallbacks.labels(task).inc()
+            return Served(decision, result, failed)
+        return None
+
+    def model_failed(self, task: str, artifact_id: str, exc: BaseException) -> None:
+        """A run-time failure of a loaded model: counted, logged, fed to the circuit breaker."""
+        self.metrics.model_failures.labels(task, artifact_id).inc()
+        ejected = self.breaker.failure(task, artifact_id)
+        log.error(
+            "%s: artifact %s failed at run time%s: %s", task, artifact_id,
+            f" (ejected for {self.settings.breaker_cooldown_s:g} s)" if ejected else "", _one_line(exc),
+        )
+
+    def _breaker_changed(self, task: str, artifact_id: str, ejected: bool) -> None:
+        self.metrics.artifact_ejected.labels(task, artifact_id).set(1 if ejected else 0)
+        if ejected:
+            self.metrics.artifact_ejections.labels(task, artifact_id).inc()
+
+    def observe(
+        self, mset: ModelSet, artifact_id: str, height: int, width: int, inference_ms: float, *, probe: bool = False
+    ) -> bool:
+        """Feed the latency correction: inference time vs the profile p95 at the tensor's size (a
+        re-probe's sample restarts the artifact's ratio, see `Observations.add`)."""
+        cand = next((c for c in mset.here if c.artifact_id == artifact_id), None)
+        profile_ms = profile_expected_ms(cand.measurements, height, width) if cand is not None else None
+        return self.observations.add(artifact_id, inference_ms, profile_ms, pixels=height * width, restart=probe)
 
     # -- registry -----------------------------------------------------------------------------
     def registry(self) -> Any:
@@ -197,12 +365,29 @@ class ModelPool:
     def _load_generator(self, directory: Path, manifest: Manifest, reuse: ModelSet | None) -> OnnxGenerator:
         if reuse is not None and manifest.artifact_id in reuse.artifacts:
             return reuse.artifacts[manifest.artifact_id].generator  # immutable: same bytes, same session
-        gen = OnnxGenerator(directory / manifest.model_file, intra_op_threads=self.settings.intra_op_threads)
+        record = self.check_contract(directory, manifest)
+        gen = OnnxGenerator(
+            directory / manifest.model_file, intra_op_threads=self.settings.intra_op_threads,
+            size_multiple=record.size_multiple, min_side=record.min_side,
+        )
         m = gen.size_multiple
         side = max(m, (self.settings.warmup_size + m - 1) // m * m)
         gen.warm_up(side, side, runs=2)
-        _ = gen.min_side  # probed here, at load, so no request pays for it
         return gen
+
+    @staticmethod
+    def check_contract(directory: Path, manifest: Manifest) -> ContractCheck:
+        """The generator contract under this process's ONNX Runtime, plus the service's own need:
+        it feeds RGB images and returns RGB images (3 -> 3 channels)."""
+        a = manifest.architecture
+        if (a.input_nc, a.output_nc) != (3, 3):
+            raise ContractViolation(
+                f"artifact {manifest.artifact_id} is {a.input_nc}->{a.output_nc} channels; the service translates RGB to RGB (3->3)"
+            )
+        try:
+            return check_generator(directory / manifest.model_file, a)
+        except ContractViolation as exc:
+            raise ContractViolation(f"artifact {manifest.artifact_id}: {exc}") from exc
 
     def load_from_registry(self, alias: Alias, reuse: ModelSet | None) -> ModelSet:
         reg = self.registry()

@@ -80,7 +80,7 @@ class ResolveResponse(BaseModel):
 
 class ObservedOut(BaseModel):
     count: int
-    ewma_ratio: float | None = Field(description="EWMA of actual server-side ms / profile-expected ms")
+    ewma_ratio: float | None = Field(description="EWMA of inference ms / profile p95 at that size (decayed toward 1 while unobserved)")
     p95_ratio: float | None = Field(description="estimated p95 of that ratio (used to correct expectations)")
 
 
@@ -89,6 +89,8 @@ class LoadedArtifactOut(BaseModel):
     profiles: dict[str, list[dict]] = Field(description="hardware tag -> measurements")
     observed: ObservedOut
     providers: list[str]
+    min_side: int = Field(default=1, description="smallest side the model runs at; smaller uploads are sized up")
+    ejected_for_s: float = Field(default=0.0, description="seconds left in a circuit-breaker cool-down (0 = selectable)")
 
 
 class TaskModelsOut(BaseModel):

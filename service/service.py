@@ -14,7 +14,7 @@ every worker (request ids, one error shape, body deadline, upload/concurrency ca
 internal-only routes, the request deadline); BentoML's own timeout stays only as a backstop.
 
 Admission by cost (`/translate`): the image header gives the size before anything is decoded;
-models that cannot take a side that small are skipped (none left: 400 `image_too_small`); the
+a side below the model's recorded minimum (its contract) is sized up to it and the output back; the
 chosen artifact's cost is pixels x (its profiled peak bytes/pixel + the service's own bytes/pixel);
 a cost above the worker's memory budget is 413 `too_many_pixels` (it could never fit), a cost
 that does not fit next to the requests in flight is 503 `busy` with Retry-After. Images above
@@ -33,6 +33,9 @@ every inference thread from ordinary ones.
 | `X-Pocketgan-No-Eligible` | `true` when no promoted artifact was expected to meet the budget (fastest served) |
 | `X-Pocketgan-Hardware-Tag` | the hardware tag whose profiles were used |
 | `X-Request-Id` | on every response (also errors): the request's own when valid, else generated |
+| `X-Pocketgan-Policy` | the device class's selection policy (`smallest` / `best-quality`) |
+| `X-Pocketgan-Fallback-From` | only when the first artifact failed at run time: its id (the request was retried once) |
+| `X-Pocketgan-Probe` | `true` when the artifact was re-probed after its own observed latency had excluded it |
 """
 
 from __future__ import annotations
@@ -55,11 +58,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.errors import RegistryError
 from registry.manifest import Manifest
-from registry.runtime import image_to_tensor, target_size, tensor_to_image
+from registry.runtime import target_size, tensor_to_image
 from service.edge import ROUTES, Edge
 from service.images import Decoded, ImageRejected, Probed, decode_image, encode_image, probe_image
 from service.metrics import Metrics, build_metrics, filter_exposition
-from service.pool import LoadedArtifact, ModelPool, ModelSet, candidate_for, summarize
+from service.pool import LoadedArtifact, ModelPool, candidate_for, summarize
 from service.schemas import (
     CandidateOut,
     ErrorBody,
@@ -70,7 +73,7 @@ from service.schemas import (
     ResolveResponse,
     TaskModelsOut,
 )
-from service.selection import Decision, SelectionRequest, select
+from service.selection import SelectionRequest, select
 from service.settings import ServiceSettings
 
 log = logging.getLogger("pocketgan.service")
@@ -125,6 +128,7 @@ _TRANSLATE_BODY: dict[str, Any] = {
                 for h in (
                     "X-Pocketgan-Artifact", "X-Pocketgan-Expected-Ms", "X-Pocketgan-Actual-Ms", "X-Pocketgan-Budget-Ms",
                     "X-Pocketgan-Budget-Met", "X-Pocketgan-No-Eligible", "X-Pocketgan-Hardware-Tag",
+                    "X-Pocketgan-Policy", "X-Pocketgan-Fallback-From", "X-Pocketgan-Probe",
                 )
             },
         }
@@ -306,42 +310,35 @@ class PocketGAN:
             raise ImageRejected(400, "unknown_task", f"unknown task {task[:64]!r}; served: {', '.join(self.settings.tasks)}")
         return task
 
-    def _run(self, art: LoadedArtifact, data: bytes, fmt: str | None, task: str,
-             deadline: float) -> tuple[bytes, str, float]:
-        """Decode, preprocess, infer, postprocess, encode: blocking, runs in a worker thread."""
+    def _run(self, art: LoadedArtifact, decoded: Decoded, fmt: str, task: str,
+             deadline: float) -> tuple[bytes, str, tuple[int, int], float]:
+        """Preprocess, infer, postprocess, encode: blocking, runs in a worker thread. `decoded` stays
+        intact (a fallback runs on it again). Returns (body, content type, tensor (H, W), inference s)."""
         m, gen = self.metrics, art.generator
         t0 = time.perf_counter()
-        decoded = decode_image(data, max_pixels=self.settings.max_pixels)
-        t1 = time.perf_counter()
-        x, size = image_to_tensor(decoded.image, size_multiple=gen.size_multiple, max_side=self.settings.max_side)
-        del decoded
+        x, size = gen.prepare(decoded.image, max_side=self.settings.max_side)
         if time.monotonic() > deadline:
             raise DeadlineExceeded
-        t2 = time.perf_counter()
+        t1 = time.perf_counter()
         y = gen.run(x)
-        t3 = time.perf_counter()
-        pixels = x.shape[2] * x.shape[3]
+        t2 = time.perf_counter()
+        tensor_hw = (x.shape[2], x.shape[3])
         del x
         out = tensor_to_image(y, size=size)
         del y
+        t3 = time.perf_counter()
+        body, ctype = encode_image(out, fmt, jpeg_quality=self.settings.jpeg_quality)
         t4 = time.perf_counter()
-        body, ctype = encode_image(out, fmt or "png", jpeg_quality=self.settings.jpeg_quality)
-        t5 = time.perf_counter()
-        m.processing_duration.labels(task, "decode").observe(t1 - t0)
-        m.processing_duration.labels(task, "preprocess").observe(t2 - t1)
-        m.inference_duration.labels(task, art.manifest.artifact_id).observe(t3 - t2)
-        m.processing_duration.labels(task, "postprocess").observe(t4 - t3)
-        m.processing_duration.labels(task, "encode").observe(t5 - t4)
-        return body, ctype, pixels
-
-    def _fits(self, art: LoadedArtifact, w: int, h: int) -> bool:
-        """Both sides, after the resize policy, at least the model's smallest side."""
-        tw, th = target_size(w, h, art.generator.size_multiple, self.settings.max_side)
-        return min(tw, th) >= art.generator.min_side
+        m.processing_duration.labels(task, "preprocess").observe(t1 - t0)
+        m.inference_duration.labels(task, art.manifest.artifact_id).observe(t2 - t1)
+        m.processing_duration.labels(task, "postprocess").observe(t3 - t2)
+        m.processing_duration.labels(task, "encode").observe(t4 - t3)
+        return body, ctype, tensor_hw, t2 - t1
 
     def _cost(self, art: LoadedArtifact, w: int, h: int) -> int:
         """Estimated peak bytes of one request: pixels x (artifact's bytes/pixel + the service's own)."""
-        tw, th = target_size(w, h, art.generator.size_multiple, self.settings.max_side)
+        g = art.generator
+        tw, th = target_size(w, h, g.size_multiple, self.settings.max_side, min_side=g.min_side)
         pixels = max(w * h, tw * th)
         bpp = bytes_per_pixel(art.manifest, self.hardware_tag, self.settings.default_bytes_per_pixel)
         return int(pixels * (bpp + self.settings.service_bytes_per_pixel))
@@ -387,33 +384,44 @@ class PocketGAN:
                 return _error(503, "not_ready", f"no model loaded for {task} yet")
             probed: Probed = probe_image(data, max_pixels=self.settings.max_pixels)  # header only: cheap
             w, h = probed.width, probed.height
-            fitting = [aid for aid in mset.artifact_ids if self._fits(mset.artifacts[aid], w, h)]
-            if not fitting:
-                smallest = min(mset.artifacts[aid].generator.min_side for aid in mset.artifact_ids)
-                raise ImageRejected(400, "image_too_small", f"image is {w}x{h}; each side must be at least {smallest} px")
-            decision = self._decide(mset, task, budget, h, w, fitting)
-            art = mset.artifacts[decision.artifact_id]
-            cost = self._cost(art, w, h)
+            decision = self.pool.decide(mset, task, device_class, budget, h, w)
+            if decision is None:
+                raise ImageRejected(503, "no_servable_model", f"no servable model for {task} right now; retry shortly")
+            # admitted at the chosen artifact's cost; a fallback (rare: a model failed) runs within it
+            cost = self._cost(mset.artifacts[decision.artifact_id], w, h)
             self._admit(cost, w, h)
         except ImageRejected as r:
             return self._reject(r)
-        fmt = out_fmt or probed.format.lower()
         lane = self.large_limiter if w * h > self.settings.large_pixels else self.limiter
         try:
-            body, ctype, pixels = await anyio.to_thread.run_sync(
-                lambda: self._run(art, data, fmt, task, deadline), limiter=lane
+            decoded = await anyio.to_thread.run_sync(
+                lambda: decode_image(data, max_pixels=self.settings.max_pixels), limiter=lane
+            )
+            self.metrics.processing_duration.labels(task, "decode").observe(time.perf_counter() - started)
+            fmt = out_fmt or decoded.format.lower()
+            # a model that raises is retried once on another (service.pool); never a 500 for a model's fault
+            served = await self.pool.run_with_fallback(
+                mset, task, device_class, budget, h, w,
+                lambda art: anyio.to_thread.run_sync(lambda: self._run(art, decoded, fmt, task, deadline), limiter=lane),
+                first=decision, passthrough=(DeadlineExceeded,),
             )
         except ImageRejected as r:
             return self._reject(r)
         except DeadlineExceeded:
             self.metrics.edge_refusals.labels("timeout").inc()
             return _error(504, "timeout", f"not started within {TIMEOUT_S:g} s")
-        except Exception:  # noqa: BLE001 - a model's or our fault, never the client's: details to the log only
-            log.exception("request %s: translate failed on %s", _rid(request), art.manifest.artifact_id)
+        except Exception:  # noqa: BLE001 - our fault, never the client's: details to the log only
+            log.exception("request %s: translate failed", _rid(request))
             return _error(500, "internal_error", "internal error")
         finally:
             self.memory.give(cost)
             self.metrics.admitted_bytes.set(self.memory.used)
+        if served is None:
+            return self._reject(ImageRejected(503, "no_servable_model", f"no servable model for {task} right now; retry shortly"))
+        decision, failed = served.decision, served.failed_from
+        body, ctype, (th, tw), infer_s = served.result
+        self.pool.observe(mset, decision.artifact_id, th, tw, infer_s * 1000.0, probe=decision.probe)
+        self.metrics.policy_selections.labels(task, device_class, decision.policy).inc()
         actual_ms = (time.perf_counter() - started) * 1000.0
         met = actual_ms <= budget
         m = self.metrics
@@ -424,8 +432,6 @@ class PocketGAN:
         m.selections.labels(task, decision.artifact_id).inc()
         if decision.no_eligible:
             m.no_eligible.labels(task, device_class).inc()
-        chosen = next(e for e in decision.estimates if e.artifact_id == decision.artifact_id)
-        self.pool.observations.add(decision.artifact_id, actual_ms, chosen.profile_ms)
         headers = {
             "X-Pocketgan-Artifact": decision.artifact_id,
             "X-Pocketgan-Expected-Ms": f"{decision.expected_ms:.2f}" if decision.expected_ms is not None else "none",
@@ -434,14 +440,13 @@ class PocketGAN:
             "X-Pocketgan-Budget-Met": "true" if met else "false",
             "X-Pocketgan-No-Eligible": "true" if decision.no_eligible else "false",
             "X-Pocketgan-Hardware-Tag": self.hardware_tag,
+            "X-Pocketgan-Policy": decision.policy,
         }
+        if failed is not None:
+            headers["X-Pocketgan-Fallback-From"] = failed
+        if decision.probe:
+            headers["X-Pocketgan-Probe"] = "true"
         return Response(content=body, media_type=ctype, headers=headers)
-
-    def _decide(self, mset: ModelSet, task: str, budget: float, h: int, w: int, among: list[str]) -> Decision:
-        observed = {aid: self.pool.observations.get(aid) for aid in among}
-        req = SelectionRequest(task=task, hardware_tag=self.hardware_tag, budget_ms=budget, height=h, width=w)
-        candidates = [c for c in mset.here if c.artifact_id in observed]
-        return select(candidates, observed, req, min_observations=self.settings.min_observations)
 
     @app.post("/resolve", response_model=ResolveResponse, responses=_ERRORS)
     async def resolve(self, body: ResolveRequest) -> Any:
@@ -527,6 +532,8 @@ class PocketGAN:
                                 count=obs.count, ewma_ratio=self.pool.observations.ewma(aid), p95_ratio=obs.p95_ratio,
                             ),
                             providers=a.generator.providers,
+                            min_side=a.generator.min_side,
+                            ejected_for_s=self.pool.breaker.seconds_left(task, aid),
                         )
                     )
             tasks.append(

@@ -145,6 +145,31 @@ class ServiceSettings(BaseSettings):
         total = container_memory_limit() or physical_memory() // 2
         return max(16 * MiB, total // max(1, workers) - self.memory_reserve_bytes)
 
+    # --- serving trust (issue 11): latency correction, re-probing, circuit breaker, policy ---
+    ratio_min_pixels: int = Field(default=64 * 64, ge=0, description="smaller inference tensors do not update the latency ratio")
+    ratio_clamp: float = Field(default=4.0, ge=1.0, description="ratio samples and p95 clamped to [1/clamp, clamp]")
+    ratio_half_life_s: float = Field(default=60.0, gt=0, description="an unobserved artifact's ratio halves its distance to 1 this often")
+    reprobe_every: int = Field(default=20, ge=1, description="re-probe an artifact excluded by its own ratio every N such requests")
+    breaker_failures: int = Field(default=3, ge=1, description="run-time failures in a row that eject an artifact")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, description="how long an ejected artifact sits out")
+    device_class_policies: dict[str, str] = Field(
+        default_factory=dict, description="device class -> selection policy (smallest | best-quality); default smallest",
+    )
+
+    @model_validator(mode="after")
+    def _policies(self) -> "ServiceSettings":
+        from service.selection import POLICIES
+
+        for dc, policy in self.device_class_policies.items():
+            if dc not in self.device_classes:
+                raise ValueError(f"device_class_policies: unknown device class {dc!r}; known: {', '.join(self.device_classes)}")
+            if policy not in POLICIES:
+                raise ValueError(f"device_class_policies[{dc!r}]: unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+        return self
+
+    def policy_for(self, device_class: str) -> str:
+        return self.device_class_policies.get(device_class, "smallest")
+
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[str]) -> list[str]:

@@ -135,3 +135,108 @@ def test_observations_ewma_and_p95() -> None:
     assert o.get("a").count == 3 and o.get("a").p95_ratio == pytest.approx(2.0)
     o.add("a", 40.0, 10.0)  # a slow one raises both the mean and the spread
     assert o.ewma("a") == pytest.approx(3.0) and o.get("a").p95_ratio == pytest.approx(3.0 + 2 * 1.0)
+
+
+# -- issue 11: policy, a correction that cannot be poisoned, re-probing, circuit breaker ------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_best_quality_policy_highest_fidelity_within_budget() -> None:
+    lo = Candidate(artifact_id="lo", macs=1_000, measurements=[meas(256, 256, 10.0)], fidelity=0.4)
+    hi = Candidate(artifact_id="hi", macs=5_000, measurements=[meas(256, 256, 30.0)], fidelity=0.8)
+    teacher = Candidate(artifact_id="teacher", macs=20_000, measurements=[meas(256, 256, 90.0)], fidelity=1.0)
+    unknown = Candidate(artifact_id="unknown", macs=500, measurements=[meas(256, 256, 5.0)], fidelity=None)
+    every = [lo, hi, teacher, unknown]
+    assert select(every, {}, req(100), policy="best-quality").artifact_id == "teacher"
+    assert select(every, {}, req(50), policy="best-quality").artifact_id == "hi"
+    assert select(every, {}, req(12), policy="best-quality").artifact_id == "lo"
+    assert select(every, {}, req(6), policy="best-quality").artifact_id == "unknown"  # the only one within budget
+    d = select(every, {}, req(100))
+    assert d.artifact_id == "unknown" and d.policy == "smallest"
+    with pytest.raises(ValueError, match="unknown selection policy"):
+        select(every, {}, req(100), policy="fastest")  # type: ignore[arg-type]
+
+
+def test_samples_are_clamped_tiny_inputs_ignored_and_the_ratio_decays() -> None:
+    from service.pool import Observations
+
+    clock = Clock()
+    o = Observations(alpha=0.5, min_pixels=64 * 64, clamp=4.0, half_life_s=60.0, clock=clock)
+    assert not o.add("a", 50.0, 0.01, pixels=4 * 4)  # a 2x2 upload: fixed costs vs a profile scaled to 16 px
+    assert o.get("a").count == 0
+    for _ in range(3):
+        assert o.add("a", 5000.0, 10.0, pixels=128 * 128)  # ratio 500, clamped to 4
+    assert o.get("a").p95_ratio == pytest.approx(4.0)
+    clock.t += 120.0  # two half-lives unobserved: 1 + (4 - 1) / 4
+    assert o.ewma("a") == pytest.approx(1.75) and o.get("a").p95_ratio == pytest.approx(1.75)
+    clock.t += 3600.0
+    assert o.get("a").p95_ratio == pytest.approx(1.0, abs=1e-9)
+
+
+def _pool(**overrides):  # noqa: ANN202
+    from service.metrics import build_metrics
+    from service.pool import ModelPool, ModelSet
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(tasks=["t"], hardware_tag="cpu-x", device_classes={"desktop": 30.0}, **overrides)
+    clock = Clock()
+    pool = ModelPool(settings, build_metrics(settings.budget_buckets_s()), "cpu-x", clock=clock)
+    mset = ModelSet("t", 1, ("small", "mid"), {}, "registry", None, (SMALL, MID))  # type: ignore[arg-type]
+    return pool, mset, clock
+
+
+def test_an_artifact_excluded_by_its_own_ratio_is_selected_again() -> None:
+    """The issue's "never selected again": a slow spell pushes SMALL's ratio to the clamp; it must come back."""
+    pool, mset, clock = _pool(reprobe_every=5, min_observations=2, ratio_half_life_s=60.0)
+    for _ in range(5):
+        pool.observe(mset, "small", 256, 256, 10.0 * 8)  # 8x its profile (clamped to 4x)
+        pool.observe(mset, "mid", 256, 256, 30.0 * 0.9)  # mid as profiled
+    picks = [pool.decide(mset, "t", "desktop", 30.0, 256, 256) for _ in range(5)]
+    assert [d.artifact_id for d in picks] == ["mid"] * 4 + ["small"]  # 1 request in 5 re-probes it
+    assert picks[-1].probe and not any(d.probe for d in picks[:-1])
+    assert picks[0].estimates[0].excluded_by_ratio
+    pool.observe(mset, "small", 256, 256, 8.0, probe=True)  # the re-probe finds it fast again
+    assert [pool.decide(mset, "t", "desktop", 30.0, 256, 256).artifact_id for _ in range(3)] == ["small"] * 3
+    # and with no request at all, the ratio decays back: same slow spell, then 3 minutes of quiet
+    pool, mset, clock = _pool(reprobe_every=1000, min_observations=2, ratio_half_life_s=60.0)
+    for _ in range(5):
+        pool.observe(mset, "small", 256, 256, 80.0)
+        pool.observe(mset, "mid", 256, 256, 27.0)
+    assert pool.decide(mset, "t", "desktop", 30.0, 256, 256).artifact_id == "mid"
+    clock.t += 180.0
+    assert pool.decide(mset, "t", "desktop", 30.0, 256, 256).artifact_id == "small"
+
+
+def test_a_genuinely_slow_replica_still_shifts_down() -> None:
+    pool, mset, _ = _pool(reprobe_every=10, min_observations=2, device_class_policies={"desktop": "best-quality"})
+    mset = type(mset)("t", 1, ("small", "mid"), {}, "registry", None,
+                      (SMALL.model_copy(update={"fidelity": 0.4}), MID.model_copy(update={"fidelity": 0.8})))
+    assert pool.decide(mset, "t", "desktop", 35.0, 256, 256).artifact_id == "mid"  # best quality within 35 ms
+    picks = []
+    for _ in range(30):  # this replica runs everything 2x slower than profiled, every time
+        d = pool.decide(mset, "t", "desktop", 35.0, 256, 256)
+        picks.append(d.artifact_id)
+        pool.observe(mset, d.artifact_id, 256, 256, 2.0 * (10.0 if d.artifact_id == "small" else 30.0))
+    assert picks[-20:].count("small") >= 18  # shifted down; mid only re-probed 1 request in 10
+
+
+def test_circuit_breaker_ejects_cools_down_and_half_opens() -> None:
+    from service.fallback import CircuitBreaker
+
+    clock, changes = Clock(), []
+    b = CircuitBreaker(3, 30.0, clock=clock, on_change=lambda t, a, e: changes.append((a, e)))
+    assert not b.failure("t", "x") and not b.failure("t", "x")
+    b.success("t", "x")  # a success resets the count
+    assert not b.failure("t", "x") and not b.failure("t", "x") and b.failure("t", "x")
+    assert b.ejected("t", "x") and not b.ejected("t", "y") and changes == [("x", True)]
+    clock.t += 29.0
+    assert b.ejected("t", "x")
+    clock.t += 2.0
+    assert not b.ejected("t", "x") and changes[-1] == ("x", False)
+    assert b.failure("t", "x") and b.ejected("t", "x")  # half-open: one failure ejects again
