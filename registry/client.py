@@ -27,11 +27,11 @@ import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import BaseModel
 
-from registry.artifact import MANIFEST_NAME, MODEL_NAME, build_manifest, read_artifact_dir, sha256_file, write_manifest
+from registry.artifact import MANIFEST_NAME, MODEL_NAME, add_variants, build_manifest, read_artifact_dir, sha256_file, write_manifest
 from registry.config import RegistrySettings
 from registry.errors import Conflict, ContractViolation, IntegrityError, InvalidInput, NotFound, RegistryUnreachable
 from registry.manifest import ARTIFACT_ID_LENGTH, Architecture, HardwareProfile, Manifest, Quality
@@ -46,6 +46,7 @@ PROFILES_DIR = "profiles"
 class PublishResult(BaseModel):
     manifest: Manifest
     created: bool
+    notes: list[str] = []  # what publishing with variants did (one line per format)
 
 
 class ListedArtifact(BaseModel):
@@ -124,17 +125,26 @@ class Registry:
 
     # ------------------------------------------------------------------ publish
 
-    def publish_dir(self, artifact_dir: Path) -> PublishResult:
+    def publish_dir(self, artifact_dir: Path, *, variants: Iterable[str] = ()) -> PublishResult:
         """Publish a local artifact directory: re-hash locally, upload files, then the manifest last.
 
         Re-publishing identical content is a no-op (`created=False`); a different manifest for the
-        same id (other file hashes) is an IntegrityError.
+        same id (other file hashes) is an IntegrityError. `variants` ("ort", "onnx-fp16"): mobile
+        formats made first (`registry.artifact.add_variants`, in a copy: `artifact_dir` is not changed).
         """
         artifact_dir = Path(artifact_dir)
+        if variants:
+            with tempfile.TemporaryDirectory(prefix="pocketgan-variants-") as tmp:
+                copy = Path(tmp) / "artifact"
+                shutil.copytree(artifact_dir, copy)
+                _, notes = add_variants(copy, variants)
+                result = self.publish_dir(copy)
+                return result.model_copy(update={"notes": notes})
         manifest = read_artifact_dir(artifact_dir, verify=True)
         # the generator contract runs before anything is uploaded; its record goes into the manifest
         record = self._contract(artifact_dir / manifest.model_file, manifest)
         manifest = manifest.model_copy(update={"contract": record})
+        self._check_variants(artifact_dir, manifest)
         if manifest.architecture.macs is None and record.graph_macs:  # selection ranks by MACs: fill them in
             arch = manifest.architecture.model_copy(update={"macs": record.graph_macs})
             manifest = manifest.model_copy(update={"architecture": arch})
@@ -196,6 +206,18 @@ class Registry:
         except ContractViolation as exc:
             raise ContractViolation(f"artifact {manifest.artifact_id} ({manifest.task}) is not a servable generator: {exc}") from exc
 
+    @staticmethod
+    def _check_variants(artifact_dir: Path, manifest: Manifest) -> None:
+        """Each variant (ORT format, fp16) must be the same generator as model.onnx (registry.contract)."""
+        from registry.contract import check_variant
+
+        assert manifest.contract is not None
+        for v in manifest.variants:
+            try:
+                check_variant(artifact_dir / v.path, artifact_dir / manifest.model_file, v.format, manifest.contract)
+            except ContractViolation as exc:
+                raise ContractViolation(f"artifact {manifest.artifact_id} ({manifest.task}): {exc}") from exc
+
     def _same_content(self, existing: Manifest, new: Manifest, key: str) -> None:
         def files(m: Manifest) -> set[tuple[str, str, int]]:
             return {(f.path, f.sha256, f.bytes) for f in m.files}
@@ -218,6 +240,7 @@ class Registry:
         architecture: Architecture | None = None,
         input_nc: int = 3,
         output_nc: int = 3,
+        variants: Iterable[str] = (),
     ) -> PublishResult:
         """Publish a bare ONNX file: build its manifest (sha256, bytes, MACs/params/opset) and publish.
 
@@ -258,6 +281,9 @@ class Registry:
                 job=job or {},
             )
             write_manifest(tmp_dir, manifest)
+            if variants:
+                _, notes = add_variants(tmp_dir, variants)
+                return self.publish_dir(tmp_dir).model_copy(update={"notes": notes})
             return self.publish_dir(tmp_dir)
 
     # ------------------------------------------------------------------ read

@@ -59,7 +59,7 @@ def summarize(m: Manifest) -> ArtifactSummary:
     return ArtifactSummary(
         artifact_id=m.artifact_id, task=m.task, method=m.method, family=a.family, channel_config=a.channel_config,
         macs=a.macs, params=a.params, total_bytes=m.total_bytes, precision=a.precision, model_sha256=model.sha256,
-        model_bytes=model.bytes, profiled_tags=sorted(p.hardware_tag for p in m.profiles),
+        model_bytes=model.bytes, profiled_tags=sorted(p.hardware_tag for p in m.profiles), formats=m.formats,
     )
 
 
