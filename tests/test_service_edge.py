@@ -236,6 +236,7 @@ def test_inference_never_starts_past_the_deadline(tmp_path) -> None:
     from conftest import build_tiny_onnx
     from _service_helpers import png_bytes
     from registry.runtime import OnnxGenerator
+    from service.images import decode_image
     from service.metrics import build_metrics
     from service.pool import LoadedArtifact
     from service.service import DeadlineExceeded, PocketGAN
@@ -248,11 +249,12 @@ def test_inference_never_starts_past_the_deadline(tmp_path) -> None:
     real_run = gen.run
     gen.run = lambda x: runs.append(1) or real_run(x)  # type: ignore[method-assign]  # count ONNX calls
     art = LoadedArtifact(SimpleNamespace(artifact_id="a"), gen, tmp_path)  # type: ignore[arg-type]
+    decoded = decode_image(png_bytes(32, 32), max_pixels=svc.settings.max_pixels)
     with pytest.raises(DeadlineExceeded):
-        svc._run(art, png_bytes(32, 32), "png", "facades-label2photo", time.monotonic() - 0.001)
+        svc._run(art, decoded, "png", "facades-label2photo", time.monotonic() - 0.001)
     assert runs == []
-    body, ctype, pixels = svc._run(art, png_bytes(32, 32), "png", "facades-label2photo", time.monotonic() + 60)
-    assert runs == [1] and ctype == "image/png" and pixels == 32 * 32
+    body, ctype, tensor_hw, _ = svc._run(art, decoded, "png", "facades-label2photo", time.monotonic() + 60)
+    assert runs == [1] and ctype == "image/png" and tensor_hw == (32, 32)
 
 
 def test_bytes_per_pixel_prefers_this_hardware_then_any_profile_then_default() -> None:
