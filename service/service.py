@@ -541,9 +541,20 @@ def _serve_config(settings: ServiceSettings) -> dict[str, Any]:
 
 
 def _inject_config(self: Any) -> None:
-    if self is PocketGAN:
+    """BentoML loads its config from the service's declared one here (serve, each worker, and build):
+    ours goes in for that moment only, so the declared config (what bento.yaml records) stays without it."""
+    if self is not PocketGAN:
+        return _bentoml_inject_config(self)
+    declared = dict(self.config)
+    try:
         self.config.update(_serve_config(ServiceSettings()))
-    _bentoml_inject_config(self)
+    except ValueError as exc:  # invalid settings: the workers refuse to start with the full message
+        log.warning("service settings invalid: %s", str(exc).splitlines()[0])
+    try:
+        _bentoml_inject_config(self)
+    finally:
+        self.config.clear()
+        self.config.update(declared)
 
 
 def _edge_to_asgi(self: Any, is_main: bool = True) -> Any:

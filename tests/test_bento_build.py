@@ -104,6 +104,24 @@ def test_bento_yaml(built: dict) -> None:
     assert (built["dir"] / "env" / "docker" / "Dockerfile").is_file()
 
 
+def test_bento_schema_lists_the_client_endpoints_and_bakes_no_serve_settings(built: dict) -> None:
+    """BentoML's clients (and BentoCloud) read the routes from the bento's schema; workers and the
+    timeout are read from settings when serving (the service tests serve 1 and 2 workers by env)."""
+    info = yaml.safe_load((built["dir"] / "bento.yaml").read_text())
+    routes = {r["name"]: r for r in info["schema"]["routes"]}
+    assert set(routes) == {"translate", "resolve"}
+    assert routes["translate"]["input"]["properties"]["image"]["type"] == "file"
+    assert routes["translate"]["input"]["required"] == ["image", "task"]
+    assert {"task", "hardware_tag", "latency_budget_ms", "format"} <= set(routes["resolve"]["input"]["properties"])
+    stored = json.loads((built["dir"] / "apis" / "schema.json").read_text())
+    assert [r["name"] for r in stored["routes"]] == ["translate", "resolve"]
+    (svc,) = info["services"]
+    assert svc["config"]["resources"] == {"cpu": "2", "memory": "2Gi"}
+    assert "workers" not in svc["config"] and "traffic" not in svc["config"]
+    openapi = yaml.safe_load((built["dir"] / "apis" / "openapi.yaml").read_text())
+    assert "multipart/form-data" in openapi["paths"]["/translate"]["post"]["requestBody"]["content"]
+
+
 def test_bento_holds_exactly_the_service_and_registry_sources(built: dict) -> None:
     src = built["dir"] / "src"
     got = {str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()}
