@@ -121,9 +121,11 @@ def publish_cmd(path: Path, task: str | None, method: str | None, parent: str | 
                                    variants=variants)
     m = result.manifest
     if as_json:
-        _emit_json({"artifact_id": m.artifact_id, "task": m.task, "method": m.method, "created": result.created,
-                    "files": [f.model_dump() for f in m.files], "variants": [v.model_dump() for v in m.variants],
-                    "notes": result.notes})
+        out: dict = {"artifact_id": m.artifact_id, "task": m.task, "method": m.method, "created": result.created}
+        if m.variants or result.notes:  # with variants: every file (own sha256) and what was done per format
+            out.update(files=[f.model_dump() for f in m.files], variants=[v.model_dump() for v in m.variants],
+                       notes=result.notes)
+        _emit_json(out)
         return
     for note in result.notes:
         click.echo(f"variant {note}", err=True)
