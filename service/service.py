@@ -8,7 +8,10 @@ exact one-line JSON 4xx (`{"error", "reason"}`) *before* anything big is parsed.
 `Request` we check the content type, the Content-Length and the streamed byte count against
 `max_body_bytes` before multipart parsing, then sniff the image bytes ourselves. BentoML still
 provides everything around it: `/readyz` (via `__is_ready__`), `/livez`, `/metrics` (multi-worker
-aggregation, filtered by `__metrics__`), `/docs.json` (it merges the FastAPI routes' OpenAPI).
+aggregation, filtered by `__metrics__`). BentoML's HTTP clients (`bentoml.SyncHTTPClient(url).translate(...)`)
+find the two routes in `/schema.json`, which lists them (`service.openapi.client_routes`); `/docs.json`
+is our own OpenAPI document with the deployment's constraints (`service.openapi.openapi_document`).
+Workers and BentoML's backstop timeout come from the settings when serving starts (`_serve_config`).
 Traffic control is ours, not BentoML's: `service.edge.Edge` wraps BentoML's whole ASGI app in
 every worker (request ids, one error shape, body deadline, upload/concurrency caps, API keys,
 internal-only routes, the request deadline); BentoML's own timeout stays only as a backstop.
