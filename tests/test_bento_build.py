@@ -25,9 +25,10 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 LOCAL_PACKAGES = {"service", "registry"}
-# Imported lazily by registry.onnx_stats for `publish` only (MACs from the graph); the service
-# never publishes, so the image does not need it.
-NOT_NEEDED_BY_SERVICE = {"onnx"}
+# Imported lazily by registry.onnx_stats / registry.artifact for `publish` only (MACs from the graph,
+# fp16 variants) and by registry.local_s3 for `pocketgan s3 up` only (its TLS CA); the service never
+# publishes nor starts a local S3, so the image does not need them.
+NOT_NEEDED_BY_SERVICE = {"onnx", "cryptography"}
 # The CPU wheel the image gets and the GPU wheel installed here provide the same `onnxruntime` module.
 INSTALLED_AS = {"onnxruntime": "onnxruntime-gpu"}
 
