@@ -81,6 +81,9 @@ class ResolveResponse(BaseModel):
     url_expires_s: int
     sha256: str = Field(description="sha256 of that file: verify after download")
     bytes: int = Field(description="size of that file")
+    written_by: str | None = Field(
+        default=None, description="for a variant: the ONNX Runtime version that wrote it (an .ort file needs a runtime at least as new)",
+    )
     expected_ms: float | None
     budget_met: bool
     no_eligible: bool

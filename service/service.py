@@ -467,6 +467,7 @@ class PocketGAN:
         return ResolveResponse(
             task=task, hardware_tag=tag, latency_budget_ms=body.latency_budget_ms, artifact=summary, url=url,
             url_expires_s=expires, format=body.format, path=file.path, sha256=file.sha256, bytes=file.bytes,
+            written_by=next((v.runtime_version for v in chosen.variants if v.format == body.format), None),
             expected_ms=decision.expected_ms,
             budget_met=not decision.no_eligible, no_eligible=decision.no_eligible, reasons=decision.reasons,
             candidates=[

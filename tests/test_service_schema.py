@@ -184,6 +184,7 @@ def test_resolve_ort_variant_runs_after_checking_its_sha256(server: Server) -> N
         # only "large" has an .ort: it is chosen although "small" would be for onnx
         assert body["artifact"]["artifact_id"] == server.artifacts["large"]
         assert body["format"] == "ort" and body["path"] == "model.ort" and "ort" in body["artifact"]["formats"]
+        assert body["written_by"] == ort.__version__
         blob = httpx.get(body["url"], timeout=10).content
         assert hashlib.sha256(blob).hexdigest() == body["sha256"] != body["artifact"]["model_sha256"]
         assert len(blob) == body["bytes"]
