@@ -78,22 +78,31 @@ def write_manifest(artifact_dir: Path, manifest: Manifest) -> Path:
     return target
 
 
-def read_artifact_dir(artifact_dir: Path, *, verify: bool = True) -> Manifest:
-    """Load `manifest.json` from an artifact directory and (by default) check every file's hash."""
+def read_artifact_dir(artifact_dir: Path, *, verify: bool = True, variants_optional: bool = False) -> Manifest:
+    """Load `manifest.json` from an artifact directory and (by default) check every file's hash
+    (`variants_optional`: a variant file may be absent, as in the service's cache; present, it is checked)."""
     path = artifact_dir / MANIFEST_NAME
     if not path.is_file():
         raise NotFound(f"no {MANIFEST_NAME} in {artifact_dir}")
     manifest = Manifest.parse(path.read_bytes(), source=str(path))
     if verify:
-        verify_files(artifact_dir, manifest)
+        verify_files(artifact_dir, manifest, variants_optional=variants_optional)
     return manifest
 
 
-def verify_files(artifact_dir: Path, manifest: Manifest) -> None:
+def variant_paths(manifest: Manifest) -> set[str]:
+    """The files of the manifest's variants (ORT format, fp16): what the service itself never runs."""
+    return {v.path for v in manifest.variants}
+
+
+def verify_files(artifact_dir: Path, manifest: Manifest, *, variants_optional: bool = False) -> None:
     """Raise IntegrityError naming the first file whose size or sha256 differs from the manifest."""
+    optional = variant_paths(manifest) if variants_optional else set()
     for entry in manifest.files:
         full = artifact_dir / entry.path
         if not full.is_file():
+            if entry.path in optional:
+                continue
             raise IntegrityError(f"{full}: missing (listed in manifest of {manifest.artifact_id})")
         size = full.stat().st_size
         if size != entry.bytes:

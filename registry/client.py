@@ -31,7 +31,16 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel
 
-from registry.artifact import MANIFEST_NAME, MODEL_NAME, add_variants, build_manifest, read_artifact_dir, sha256_file, write_manifest
+from registry.artifact import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    add_variants,
+    build_manifest,
+    read_artifact_dir,
+    sha256_file,
+    variant_paths,
+    write_manifest,
+)
 from registry.config import RegistrySettings
 from registry.errors import Conflict, ContractViolation, IntegrityError, InvalidInput, NotFound, RegistryUnreachable
 from registry.manifest import ARTIFACT_ID_LENGTH, Architecture, HardwareProfile, Manifest, Quality
@@ -439,7 +448,7 @@ class Registry:
         if not path.is_dir():
             return None
         try:
-            manifest = read_artifact_dir(path, verify=True)
+            manifest = read_artifact_dir(path, verify=True, variants_optional=True)
             if manifest.artifact_id != artifact_id or manifest.task != task:
                 raise IntegrityError(f"{path}: cached manifest is for {manifest.task}/{manifest.artifact_id}")
         except (IntegrityError, InvalidInput, NotFound):
@@ -447,13 +456,15 @@ class Registry:
             return None
         return path
 
-    def pull(self, artifact_id: str, task: str | None = None, *, allow_offline: bool = False) -> Path:
+    def pull(self, artifact_id: str, task: str | None = None, *, allow_offline: bool = False,
+             with_variants: bool = True) -> Path:
         """Download into `cache_dir/artifacts/<task>/<id>/`, verifying every sha256 first.
 
         Files go to a temp folder and are renamed into place only after verification, so nothing
         unverified ever sits at the final path. A cached copy is re-verified before it is returned
         (corrupt -> removed and downloaded again). With `allow_offline`, an unreachable registry
-        falls back to a verified cached copy.
+        falls back to a verified cached copy. `with_variants=False` (the service): the mobile variant
+        files (model.ort, ...) are not downloaded; a cached copy without them then counts as complete.
         """
         try:
             manifest = self.get_manifest(artifact_id, task)
@@ -464,9 +475,10 @@ class Registry:
                     return hit
             raise
         final = self._cache_path(manifest.task, artifact_id)
+        skip = set() if with_variants else variant_paths(manifest)
         if final.is_dir():
             try:
-                self._verify_local(final, manifest)
+                self._verify_local(final, manifest, optional=variant_paths(manifest) if skip else set())
                 write_manifest(final, manifest)  # refresh profiles; files are unchanged
                 return final
             except (IntegrityError, NotFound):
@@ -476,6 +488,8 @@ class Registry:
         try:
             prefix = self._artifact_prefix(manifest.task, artifact_id)
             for entry in manifest.files:
+                if entry.path in skip:
+                    continue
                 target = tmp / entry.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with open(target, "wb") as fh:
@@ -486,17 +500,20 @@ class Registry:
                 os.rename(tmp, final)
             except OSError:
                 # another puller won the rename; use theirs if it verifies
-                self._verify_local(final, manifest)
+                self._verify_local(final, manifest, optional=skip)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
 
     @staticmethod
-    def _verify_local(path: Path, manifest: Manifest) -> None:
+    def _verify_local(path: Path, manifest: Manifest, optional: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Every file present and matching (files in `optional` may be absent)."""
         for entry in manifest.files:
             full = path / entry.path
             if not full.is_file():
+                if entry.path in optional:
+                    continue
                 raise NotFound(f"{full} missing from cache")
             if full.stat().st_size != entry.bytes or sha256_file(full) != entry.sha256:
                 raise IntegrityError(f"{full}: cached file does not match manifest")

@@ -190,6 +190,9 @@ def test_resolve_ort_variant_runs_after_checking_its_sha256(server: Server) -> N
         assert len(blob) == body["bytes"]
         r = c.post("/resolve", json={"task": TASK, "hardware_tag": TAG, "latency_budget_ms": 1000, "format": "onnx-fp16"})
         assert r.status_code == 404 and r.json()["reason"] == "format_unavailable"
+    # the service itself pulled only what it runs: model.onnx, not the variant
+    cached = server.log.parent / "cache-service" / "artifacts" / TASK / server.artifacts["large"]
+    assert (cached / "model.onnx").is_file() and not (cached / "model.ort").exists()
     sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     x = np.asarray(Image.open(io.BytesIO(png_bytes(32, 32))), np.float32).transpose(2, 0, 1)[None] / 127.5 - 1
     y = sess.run(None, {sess.get_inputs()[0].name: x})[0]

@@ -51,6 +51,20 @@ def test_cli_publish_with_ort_lists_the_file_and_the_download_runs(registry_env,
     assert again["created"] is False and again["artifact_id"] == out["artifact_id"]
 
 
+def test_pull_without_variants_then_with(registry, make_tiny_onnx, tmp_path: Path) -> None:
+    """The service pulls only model.onnx; a later full pull completes the cached copy."""
+    d = _artifact(tmp_path, make_tiny_onnx, seed=3)
+    aid = registry.publish_dir(d, variants=["ort"]).manifest.artifact_id
+    local = registry.pull(aid, task=TASK, with_variants=False)
+    assert (local / "model.onnx").is_file() and not (local / "model.ort").exists()
+    assert registry.cached(aid, TASK) == local  # complete for what it holds: not discarded
+    assert registry.pull(aid, task=TASK, with_variants=False) == local
+    full = registry.pull(aid, task=TASK)
+    assert sha256_file(full / "model.ort") == registry.get_manifest(aid, task=TASK).format_file("ort").sha256
+    (full / "model.ort").write_bytes(b"tampered")
+    assert registry.cached(aid, TASK) is None  # a variant that is present is verified like any file
+
+
 def test_a_variant_of_another_model_is_refused(registry_env, registry, make_tiny_onnx, tmp_path: Path) -> None:
     d = _artifact(tmp_path, make_tiny_onnx, seed=1)
     add_variants(d, ["ort"])
