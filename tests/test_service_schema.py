@@ -144,16 +144,19 @@ def test_schemathesis_finds_no_5xx_and_no_mismatch(server: Server) -> None:
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import (
         content_type_conformance,
+        ignored_auth,
         negative_data_rejection,
         not_a_server_error,
         response_headers_conformance,
         response_schema_conformance,
         status_code_conformance,
+        unsupported_method,
     )
     from schemathesis.generation import GenerationMode
 
     checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-              response_headers_conformance, response_schema_conformance, negative_data_rejection]
+              response_headers_conformance, response_schema_conformance, negative_data_rejection,
+              ignored_auth, unsupported_method]
     schema = schemathesis.openapi.from_url(f"{server.url}/docs.json", headers=server.headers)
     headers = dict(server.headers)
     tested = []
