@@ -94,30 +94,41 @@ def registry_cli() -> None:
 @click.option("--parent", default=None, help="Parent artifact id or name (bare .onnx only).")
 @click.option("--input-nc", type=click.IntRange(1, 64), default=3, show_default=True, help="Declared input channels (bare .onnx only).")
 @click.option("--output-nc", type=click.IntRange(1, 64), default=3, show_default=True, help="Declared output channels (bare .onnx only).")
+@click.option("--with-ort", is_flag=True, help="Also publish an ORT-format variant (model.ort, ONNX Runtime Mobile).")
+@click.option("--with-fp16", is_flag=True, help="Also publish an fp16 variant (model.fp16.onnx) if it measures faster here.")
 @_json_option
 def publish_cmd(path: Path, task: str | None, method: str | None, parent: str | None, input_nc: int, output_nc: int,
-                as_json: bool) -> None:
+                with_ort: bool, with_fp16: bool, as_json: bool) -> None:
     """Publish an artifact directory (with manifest.json) or a bare model.onnx (with --task/--method).
 
     The generator contract runs first (ONNX Runtime opens it, one NCHW float input/output with the
     declared channels and dynamic H x W, a finite in-range forward pass, MACs > 0): exit 7 with the
-    reason when it fails; nothing is uploaded then."""
+    reason when it fails; nothing is uploaded then. --with-ort / --with-fp16 add mobile variants (each
+    with its own sha256 in the manifest, checked against model.onnx; the input directory is not changed)."""
+    variants = [f for f, on in (("ort", with_ort), ("onnx-fp16", with_fp16)) if on]
     reg = _registry()
     if path.is_dir() and (path / "manifest.json").is_file():
         if task or method or parent:
             raise click.UsageError("--task/--method/--parent are for a bare .onnx file; an artifact dir has its own manifest")
-        result = reg.publish_dir(path)
+        result = reg.publish_dir(path, variants=variants)
     else:
         onnx_path = path / "model.onnx" if path.is_dir() else path
         if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
             raise click.UsageError(f"{path} is neither an artifact directory (manifest.json) nor an .onnx file")
         if not task or not method:
             raise click.UsageError("publishing a bare .onnx file needs --task and --method")
-        result = reg.publish_model(onnx_path, task=task, method=method, parent=parent, input_nc=input_nc, output_nc=output_nc)
+        result = reg.publish_model(onnx_path, task=task, method=method, parent=parent, input_nc=input_nc, output_nc=output_nc,
+                                   variants=variants)
     m = result.manifest
     if as_json:
-        _emit_json({"artifact_id": m.artifact_id, "task": m.task, "method": m.method, "created": result.created})
+        out: dict = {"artifact_id": m.artifact_id, "task": m.task, "method": m.method, "created": result.created}
+        if m.variants or result.notes:  # with variants: every file (own sha256) and what was done per format
+            out.update(files=[f.model_dump() for f in m.files], variants=[v.model_dump() for v in m.variants],
+                       notes=result.notes)
+        _emit_json(out)
         return
+    for note in result.notes:
+        click.echo(f"variant {note}", err=True)
     verb = "published" if result.created else "already published (no change)"
     click.echo(
         f"{verb}: {m.artifact_id}  task={m.task} method={m.method} "

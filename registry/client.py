@@ -27,11 +27,20 @@ import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import BaseModel
 
-from registry.artifact import MANIFEST_NAME, MODEL_NAME, build_manifest, read_artifact_dir, sha256_file, write_manifest
+from registry.artifact import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    add_variants,
+    build_manifest,
+    read_artifact_dir,
+    sha256_file,
+    variant_paths,
+    write_manifest,
+)
 from registry.config import RegistrySettings
 from registry.errors import Conflict, ContractViolation, IntegrityError, InvalidInput, NotFound, RegistryUnreachable
 from registry.manifest import ARTIFACT_ID_LENGTH, Architecture, HardwareProfile, Manifest, Quality
@@ -46,6 +55,7 @@ PROFILES_DIR = "profiles"
 class PublishResult(BaseModel):
     manifest: Manifest
     created: bool
+    notes: list[str] = []  # what publishing with variants did (one line per format)
 
 
 class ListedArtifact(BaseModel):
@@ -124,17 +134,26 @@ class Registry:
 
     # ------------------------------------------------------------------ publish
 
-    def publish_dir(self, artifact_dir: Path) -> PublishResult:
+    def publish_dir(self, artifact_dir: Path, *, variants: Iterable[str] = ()) -> PublishResult:
         """Publish a local artifact directory: re-hash locally, upload files, then the manifest last.
 
         Re-publishing identical content is a no-op (`created=False`); a different manifest for the
-        same id (other file hashes) is an IntegrityError.
+        same id (other file hashes) is an IntegrityError. `variants` ("ort", "onnx-fp16"): mobile
+        formats made first (`registry.artifact.add_variants`, in a copy: `artifact_dir` is not changed).
         """
         artifact_dir = Path(artifact_dir)
+        if variants:
+            with tempfile.TemporaryDirectory(prefix="pocketgan-variants-") as tmp:
+                copy = Path(tmp) / "artifact"
+                shutil.copytree(artifact_dir, copy)
+                _, notes = add_variants(copy, variants)
+                result = self.publish_dir(copy)
+                return result.model_copy(update={"notes": notes})
         manifest = read_artifact_dir(artifact_dir, verify=True)
         # the generator contract runs before anything is uploaded; its record goes into the manifest
         record = self._contract(artifact_dir / manifest.model_file, manifest)
         manifest = manifest.model_copy(update={"contract": record})
+        self._check_variants(artifact_dir, manifest)
         if manifest.architecture.macs is None and record.graph_macs:  # selection ranks by MACs: fill them in
             arch = manifest.architecture.model_copy(update={"macs": record.graph_macs})
             manifest = manifest.model_copy(update={"architecture": arch})
@@ -196,6 +215,18 @@ class Registry:
         except ContractViolation as exc:
             raise ContractViolation(f"artifact {manifest.artifact_id} ({manifest.task}) is not a servable generator: {exc}") from exc
 
+    @staticmethod
+    def _check_variants(artifact_dir: Path, manifest: Manifest) -> None:
+        """Each variant (ORT format, fp16) must be the same generator as model.onnx (registry.contract)."""
+        from registry.contract import check_variant
+
+        assert manifest.contract is not None
+        for v in manifest.variants:
+            try:
+                check_variant(artifact_dir / v.path, artifact_dir / manifest.model_file, v.format, manifest.contract)
+            except ContractViolation as exc:
+                raise ContractViolation(f"artifact {manifest.artifact_id} ({manifest.task}): {exc}") from exc
+
     def _same_content(self, existing: Manifest, new: Manifest, key: str) -> None:
         def files(m: Manifest) -> set[tuple[str, str, int]]:
             return {(f.path, f.sha256, f.bytes) for f in m.files}
@@ -218,6 +249,7 @@ class Registry:
         architecture: Architecture | None = None,
         input_nc: int = 3,
         output_nc: int = 3,
+        variants: Iterable[str] = (),
     ) -> PublishResult:
         """Publish a bare ONNX file: build its manifest (sha256, bytes, MACs/params/opset) and publish.
 
@@ -258,6 +290,9 @@ class Registry:
                 job=job or {},
             )
             write_manifest(tmp_dir, manifest)
+            if variants:
+                _, notes = add_variants(tmp_dir, variants)
+                return self.publish_dir(tmp_dir).model_copy(update={"notes": notes})
             return self.publish_dir(tmp_dir)
 
     # ------------------------------------------------------------------ read
@@ -413,7 +448,7 @@ class Registry:
         if not path.is_dir():
             return None
         try:
-            manifest = read_artifact_dir(path, verify=True)
+            manifest = read_artifact_dir(path, verify=True, variants_optional=True)
             if manifest.artifact_id != artifact_id or manifest.task != task:
                 raise IntegrityError(f"{path}: cached manifest is for {manifest.task}/{manifest.artifact_id}")
         except (IntegrityError, InvalidInput, NotFound):
@@ -421,13 +456,15 @@ class Registry:
             return None
         return path
 
-    def pull(self, artifact_id: str, task: str | None = None, *, allow_offline: bool = False) -> Path:
+    def pull(self, artifact_id: str, task: str | None = None, *, allow_offline: bool = False,
+             with_variants: bool = True) -> Path:
         """Download into `cache_dir/artifacts/<task>/<id>/`, verifying every sha256 first.
 
         Files go to a temp folder and are renamed into place only after verification, so nothing
         unverified ever sits at the final path. A cached copy is re-verified before it is returned
         (corrupt -> removed and downloaded again). With `allow_offline`, an unreachable registry
-        falls back to a verified cached copy.
+        falls back to a verified cached copy. `with_variants=False` (the service): the mobile variant
+        files (model.ort, ...) are not downloaded; a cached copy without them then counts as complete.
         """
         try:
             manifest = self.get_manifest(artifact_id, task)
@@ -438,9 +475,10 @@ class Registry:
                     return hit
             raise
         final = self._cache_path(manifest.task, artifact_id)
+        skip = set() if with_variants else variant_paths(manifest)
         if final.is_dir():
             try:
-                self._verify_local(final, manifest)
+                self._verify_local(final, manifest, optional=variant_paths(manifest) if skip else set())
                 write_manifest(final, manifest)  # refresh profiles; files are unchanged
                 return final
             except (IntegrityError, NotFound):
@@ -450,6 +488,8 @@ class Registry:
         try:
             prefix = self._artifact_prefix(manifest.task, artifact_id)
             for entry in manifest.files:
+                if entry.path in skip:
+                    continue
                 target = tmp / entry.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with open(target, "wb") as fh:
@@ -460,17 +500,20 @@ class Registry:
                 os.rename(tmp, final)
             except OSError:
                 # another puller won the rename; use theirs if it verifies
-                self._verify_local(final, manifest)
+                self._verify_local(final, manifest, optional=skip)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
 
     @staticmethod
-    def _verify_local(path: Path, manifest: Manifest) -> None:
+    def _verify_local(path: Path, manifest: Manifest, optional: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Every file present and matching (files in `optional` may be absent)."""
         for entry in manifest.files:
             full = path / entry.path
             if not full.is_file():
+                if entry.path in optional:
+                    continue
                 raise NotFound(f"{full} missing from cache")
             if full.stat().st_size != entry.bytes or sha256_file(full) != entry.sha256:
                 raise IntegrityError(f"{full}: cached file does not match manifest")

@@ -204,3 +204,39 @@ def needs_check(record: ContractCheck | None) -> bool:
     """True when a manifest's record does not vouch for this installation: none, not passed, or
     checked under another ONNX Runtime version."""
     return record is None or not record.passed or record.runtime_version != ort_version()
+
+
+VARIANT_TOLERANCE = {"ort": 1e-4, "onnx-fp16": 2e-2}
+"""largest |variant - model.onnx| allowed on the reference image (outputs are in [-1, 1]): the ORT format
+holds the same float32 graph (optimised), fp16 rounds weights and activations"""
+
+
+def check_variant(variant_path: Path | str, model_path: Path | str, fmt: str, record: ContractCheck) -> float:
+    """A variant (ORT format, fp16) is the same generator: it opens, takes and returns float32 NCHW like
+    model.onnx and gives the same output on the reference image at the contract's min side (within
+    VARIANT_TOLERANCE). Returns the largest absolute difference; raises ContractViolation otherwise."""
+    variant_path, model_path = Path(variant_path), Path(model_path)
+    if fmt not in VARIANT_TOLERANCE:
+        raise ContractViolation(f"unknown variant format {fmt!r}; known: {', '.join(VARIANT_TOLERANCE)}")
+    if not variant_path.is_file() or variant_path.stat().st_size == 0:
+        raise ContractViolation(f"{fmt} variant {variant_path.name}: missing or empty")
+    session, reference = _open(variant_path), _open(model_path)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ContractViolation(f"{fmt} variant has {len(inputs)} input(s) and {len(outputs)} output(s), expected 1 and 1")
+    for what, arg in (("input", inputs[0]), ("output", outputs[0])):
+        if arg.type != "tensor(float)":
+            raise ContractViolation(f"{fmt} variant {what} {arg.name!r} is {arg.type}, expected tensor(float) like model.onnx")
+    x = reference_image(record.input_nc, record.min_side)
+    y = _runs(session, inputs[0].name, x)
+    want = _runs(reference, record.input_name, x)
+    if y is None or want is None or y.shape != want.shape:
+        raise ContractViolation(f"{fmt} variant: the forward pass on the {record.min_side}px reference image fails or changes shape")
+    if not np.isfinite(y).all():
+        raise ContractViolation(f"{fmt} variant: non-finite output on the reference image")
+    diff = float(np.abs(y.astype(np.float64) - want).max())
+    if diff > VARIANT_TOLERANCE[fmt]:
+        raise ContractViolation(
+            f"{fmt} variant differs from model.onnx by up to {diff:.3g} on the reference image (allowed {VARIANT_TOLERANCE[fmt]:g})"
+        )
+    return diff

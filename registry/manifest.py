@@ -199,6 +199,23 @@ class ContractCheck(_Model):
     graph_macs: int | None = Field(default=None, ge=0, description="MACs counted from the graph at reference_resolution")
 
 
+VariantFormat = Literal["ort", "onnx-fp16"]
+VARIANT_FILES: dict[str, str] = {"ort": "model.ort", "onnx-fp16": "model.fp16.onnx"}
+
+
+class Variant(_Model):
+    """Another format of the same generator for on-device runtimes (`registry.artifact.add_variants`):
+    ORT format (`.ort`, ONNX Runtime Mobile) or fp16 weights. Its file is in `files` (own sha256); the
+    artifact id stays model.onnx's. Checked against model.onnx by `registry.contract.check_variant`."""
+
+    format: VariantFormat
+    path: str = Field(description="the file in `files`")
+    runtime_version: str = Field(description="ONNX Runtime that wrote and checked it (ORT format: runtimes >= this read it)")
+    max_abs_diff: float = Field(ge=0, description="largest |output - model.onnx output| on the contract's reference image")
+    p50_ms: float | None = Field(default=None, ge=0, description="where measured: its p50 at the reference side here")
+    onnx_p50_ms: float | None = Field(default=None, ge=0, description="model.onnx's p50, measured side by side")
+
+
 class Manifest(_Model):
     """Everything downstream reads this. Built by compression jobs, validated at every boundary."""
 
@@ -216,6 +233,7 @@ class Manifest(_Model):
     profiles: list[HardwareProfile] = Field(default_factory=list)
     model_file: str = Field(default="model.onnx", description="path of the ONNX graph in files")
     contract: ContractCheck | None = Field(default=None, description="generator contract check (registry.contract)")
+    variants: list[Variant] = Field(default_factory=list, description="other formats of model.onnx (mobile runtimes)")
 
     @field_validator("method")
     @classmethod
@@ -232,6 +250,12 @@ class Manifest(_Model):
             raise ValueError(f"model file {self.model_file!r} is not listed in files")
         if artifact_id_from_sha256(model.sha256) != self.artifact_id:
             raise ValueError("artifact_id must be the first 16 hex digits of the model file's sha256")
+        formats = [v.format for v in self.variants]
+        if len(set(formats)) != len(formats):
+            raise ValueError("at most one variant per format")
+        for v in self.variants:
+            if v.path == self.model_file or self.file(v.path) is None:
+                raise ValueError(f"variant {v.format}: file {v.path!r} is not listed in files (or is the model file)")
         tags = [p.hardware_tag for p in self.profiles]
         if len(set(tags)) != len(tags):
             raise ValueError("at most one profile per hardware tag")
@@ -239,6 +263,17 @@ class Manifest(_Model):
 
     def file(self, path: str) -> FileEntry | None:
         return next((f for f in self.files if f.path == path), None)
+
+    def format_file(self, fmt: str) -> FileEntry | None:
+        """The file a client running `fmt` downloads: model.onnx for "onnx", else the variant's; None if absent."""
+        if fmt == "onnx":
+            return self.file(self.model_file)
+        v = next((v for v in self.variants if v.format == fmt), None)
+        return self.file(v.path) if v else None
+
+    @property
+    def formats(self) -> list[str]:
+        return ["onnx", *(v.format for v in self.variants)]
 
     def profile(self, hardware_tag: str) -> HardwareProfile | None:
         return next((p for p in self.profiles if p.hardware_tag == hardware_tag), None)

@@ -17,7 +17,7 @@ It wraps BentoML's whole app (its per-path metrics, tracing, routing), so:
   deadline is in `scope["state"]["deadline"]` (time.monotonic) so inference past it never starts.
   A slot is released only when the handler has really finished (a running ONNX call cannot be
   interrupted), so the slot count stays honest.
-- **Access.** `/translate` and `/resolve` need `Authorization: Bearer <key>` whose sha256 is in
+- **Access.** `/translate`, `/resolve` and `/schema.json` (what BentoML's clients read) need `Authorization: Bearer <key>` whose sha256 is in
   `api_key_hashes` (when any are set; 401 otherwise); `/metrics`, `/models` and the docs only answer
   peers in `internal_networks` that came directly, not through a proxy (when any are set; 403).
 """
@@ -57,7 +57,7 @@ ROUTES: dict[str, tuple[frozenset[str], str]] = {
     "/models": (_GET, "internal"),
     "/metrics": (_GET, "internal"),
     "/docs.json": (_GET, "internal"),
-    "/schema.json": (_GET, "internal"),
+    "/schema.json": (_GET, "protected"),  # BentoML's clients read their endpoints here
     "/": (_GET, "internal"),
     "/livez": (_GET, "probe"),
     "/healthz": (_GET, "probe"),

@@ -59,7 +59,7 @@ def summarize(m: Manifest) -> ArtifactSummary:
     return ArtifactSummary(
         artifact_id=m.artifact_id, task=m.task, method=m.method, family=a.family, channel_config=a.channel_config,
         macs=a.macs, params=a.params, total_bytes=m.total_bytes, precision=a.precision, model_sha256=model.sha256,
-        model_bytes=model.bytes, profiled_tags=sorted(p.hardware_tag for p in m.profiles),
+        model_bytes=model.bytes, profiled_tags=sorted(p.hardware_tag for p in m.profiles), formats=m.formats,
     )
 
 
@@ -393,7 +393,8 @@ class ModelPool:
         reg = self.registry()
         loaded: dict[str, LoadedArtifact] = {}
         for aid in alias.artifacts:
-            directory = Path(reg.pull(aid, task=alias.task))  # sha256-verified; manifest.json has profiles merged
+            # sha256-verified; manifest.json has profiles merged; mobile variants (model.ort, ...) are not needed here
+            directory = Path(reg.pull(aid, task=alias.task, with_variants=False))
             manifest = read_artifact_dir(directory, verify=False)
             if manifest.artifact_id != aid:
                 raise IntegrityError(f"manifest of {aid} names artifact {manifest.artifact_id}")
@@ -429,7 +430,7 @@ class ModelPool:
         loaded: dict[str, LoadedArtifact] = {}
         for aid in record["artifacts"]:
             directory = Path(record["dirs"][aid])
-            local = read_artifact_dir(directory, verify=True)  # sha256 of every file
+            local = read_artifact_dir(directory, verify=True, variants_optional=True)  # sha256 of every file pulled
             if local.artifact_id != aid:
                 raise IntegrityError(f"cached {directory} holds {local.artifact_id}, expected {aid}")
             manifest = Manifest.model_validate(record["manifests"][aid])

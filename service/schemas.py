@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+ModelFormat = Literal["onnx", "ort", "onnx-fp16"]
+RESOLVE_FORMATS: tuple[str, ...] = ("onnx", "ort", "onnx-fp16")
 
 
 class ErrorBody(BaseModel):
@@ -39,6 +41,10 @@ class ResolveRequest(BaseModel):
     latency_budget_ms: float
     height: int = Field(default=256, ge=1, le=16384)
     width: int = Field(default=256, ge=1, le=16384)
+    format: ModelFormat = Field(
+        default="onnx", description="what the client runs: onnx, ort (ONNX Runtime Mobile) or onnx-fp16; "
+        "only artifacts published with that variant are candidates",
+    )
 
 
 class ArtifactSummary(BaseModel):
@@ -54,6 +60,7 @@ class ArtifactSummary(BaseModel):
     model_sha256: str
     model_bytes: int
     profiled_tags: list[str]
+    formats: list[str] = Field(default_factory=lambda: ["onnx"], description="formats /resolve can hand out")
 
 
 class CandidateOut(BaseModel):
@@ -68,9 +75,15 @@ class ResolveResponse(BaseModel):
     hardware_tag: str
     latency_budget_ms: float
     artifact: ArtifactSummary
-    url: str = Field(description="presigned GET for model.onnx")
+    format: ModelFormat = Field(description="the format of the file at `url` (the one asked for)")
+    path: str = Field(description="the file's path in the artifact, e.g. model.onnx or model.ort")
+    url: str = Field(description="presigned GET for that file")
     url_expires_s: int
-    sha256: str = Field(description="sha256 of model.onnx: verify after download")
+    sha256: str = Field(description="sha256 of that file: verify after download")
+    bytes: int = Field(description="size of that file")
+    written_by: str | None = Field(
+        default=None, description="for a variant: the ONNX Runtime version that wrote it (an .ort file needs a runtime at least as new)",
+    )
     expected_ms: float | None
     budget_met: bool
     no_eligible: bool

@@ -8,7 +8,10 @@ exact one-line JSON 4xx (`{"error", "reason"}`) *before* anything big is parsed.
 `Request` we check the content type, the Content-Length and the streamed byte count against
 `max_body_bytes` before multipart parsing, then sniff the image bytes ourselves. BentoML still
 provides everything around it: `/readyz` (via `__is_ready__`), `/livez`, `/metrics` (multi-worker
-aggregation, filtered by `__metrics__`), `/docs.json` (it merges the FastAPI routes' OpenAPI).
+aggregation, filtered by `__metrics__`). BentoML's HTTP clients (`bentoml.SyncHTTPClient(url).translate(...)`)
+find the two routes in `/schema.json`, which lists them (`service.openapi.client_routes`); `/docs.json`
+is our own OpenAPI document with the deployment's constraints (`service.openapi.openapi_document`).
+Workers and BentoML's backstop timeout come from the settings when serving starts (`_serve_config`).
 Traffic control is ours, not BentoML's: `service.edge.Edge` wraps BentoML's whole ASGI app in
 every worker (request ids, one error shape, body deadline, upload/concurrency caps, API keys,
 internal-only routes, the request deadline); BentoML's own timeout stays only as a backstop.
@@ -41,6 +44,7 @@ every inference thread from ordinary ones.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -62,6 +66,7 @@ from registry.runtime import target_size, tensor_to_image
 from service.edge import ROUTES, Edge
 from service.images import Decoded, ImageRejected, Probed, decode_image, encode_image, probe_image
 from service.metrics import Metrics, build_metrics, filter_exposition
+from service.openapi import OpenAPIDocument, client_routes, openapi_document, register_yaml
 from service.pool import LoadedArtifact, ModelPool, candidate_for, summarize
 from service.schemas import (
     CandidateOut,
@@ -84,13 +89,6 @@ if not log.handlers:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-# Worker count and traffic limits are read when BentoML imports this module (main process and
-# workers alike), so `pocketgan serve --workers` / env can set them without editing code.
-WORKERS = int(os.environ.get("POCKETGAN_SERVICE_WORKERS", "1"))
-MAX_CONCURRENCY = int(os.environ.get("POCKETGAN_SERVICE_MAX_CONCURRENCY", "64"))
-TIMEOUT_S = float(os.environ.get("POCKETGAN_SERVICE_TIMEOUT_S", "30"))
-BACKSTOP_TIMEOUT_S = TIMEOUT_S + 30.0  # BentoML's own timeout: only for what the edge does not time (GETs)
-
 app = FastAPI(
     title="pocketgan",
     description="Image-to-image translation; picks the smallest promoted generator that meets the budget.",
@@ -100,40 +98,26 @@ app = FastAPI(
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 429, 500, 503, 504)
 }
-_TRANSLATE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "task", "device_class"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WEBP (by content)"},
-                        "task": {"type": "string"},
-                        "device_class": {"type": "string", "description": "e.g. phone-low, phone-high, desktop"},
-                        "latency_budget_ms": {"type": "number", "description": "default: the device class budget"},
-                        "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"], "description": "default: input format"},
-                    },
-                }
-            }
-        },
-    },
-    "responses": {
-        "200": {
-            "description": "the translated image, same size as the input; see X-Pocketgan-* headers",
-            "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
-            "headers": {
-                h: {"schema": {"type": "string"}}
-                for h in (
-                    "X-Pocketgan-Artifact", "X-Pocketgan-Expected-Ms", "X-Pocketgan-Actual-Ms", "X-Pocketgan-Budget-Ms",
-                    "X-Pocketgan-Budget-Met", "X-Pocketgan-No-Eligible", "X-Pocketgan-Hardware-Tag",
-                    "X-Pocketgan-Policy", "X-Pocketgan-Fallback-From", "X-Pocketgan-Probe",
-                )
-            },
-        }
-    },
-}
+BACKSTOP_S = 30.0  # BentoML's own timeout = TIMEOUT_S + this: only for what the edge does not time (GETs)
+RESOURCES = {"cpu": "2", "memory": "2Gi"}  # what one replica is sized for (deploy/k8s/deployment.yaml limits)
+_LIVE: dict[str, ServiceSettings] = {}  # this worker's settings once serving (the API description uses them)
+
+
+def form_value(raw: str | None) -> str | None:
+    """A multipart field as plain text. BentoML's HTTP clients JSON-encode every non-file field
+    (`"facades"`, `null`); curl sends it raw. A JSON string is unquoted, JSON null is absent."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text == "null":
+        return None
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return raw
+        return value if isinstance(value, str) else raw
+    return raw
 
 
 def _error(status: int, reason: str, message: str) -> JSONResponse:
@@ -207,11 +191,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", "internal error")
 
 
-@bentoml.service(
-    name="pocketgan",
-    workers=WORKERS,
-    traffic={"timeout": BACKSTOP_TIMEOUT_S},
-)
+@bentoml.service(name="pocketgan", resources=RESOURCES)  # workers and timeout: serve time (_serve_config)
 @bentoml.asgi_app(app, path="/")
 class PocketGAN:
     """One instance per worker: settings, metrics, the model pool and its polling task."""
@@ -225,7 +205,8 @@ class PocketGAN:
         self.pool = ModelPool(self.settings, self.metrics, self.hardware_tag)
         self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
         self.large_limiter = anyio.CapacityLimiter(self.settings.large_inference_threads)
-        self.memory = MemoryBudget(self.settings.worker_memory_budget(WORKERS))
+        self.memory = MemoryBudget(self.settings.worker_memory_budget(self.settings.workers))
+        _LIVE["settings"] = self.settings
         self.metrics.memory_budget.set(self.memory.capacity)
         self._pool_task: asyncio.Task[None] | None = None
         self._resolve_cache: dict[str, tuple[float, list[Manifest]]] = {}
@@ -287,7 +268,7 @@ class PocketGAN:
         if not isinstance(image, UploadFile):
             raise ImageRejected(400, "missing_image", "multipart field 'image' (a file) is required")
         data = await image.read()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        fields = {k: v for k, v in ((k, form_value(v)) for k, v in form.items() if isinstance(v, str)) if v is not None}
         await form.close()
         return fields, data
 
@@ -359,17 +340,15 @@ class PocketGAN:
         self.metrics.admitted_bytes.set(self.memory.used)
 
     # -- routes -------------------------------------------------------------------------------
-    @app.post("/translate", openapi_extra=_TRANSLATE_BODY, responses=_ERRORS, response_class=Response)
+    @app.post("/translate", responses=_ERRORS, response_class=Response)  # its form: service.openapi
     async def translate(self, request: Request) -> Response:
         """Translate one image with the smallest promoted generator expected to meet the budget."""
-        deadline = getattr(request.state, "deadline", None) or time.monotonic() + TIMEOUT_S
+        deadline = getattr(request.state, "deadline", None) or time.monotonic() + self.settings.timeout_s
         try:
             fields, data = await self._read_form(request)
             started = time.perf_counter()
             task = self._check_task(fields.get("task"))
-            device_class = fields.get("device_class")
-            if not device_class:
-                raise ImageRejected(400, "bad_parameter", "field 'device_class' is required")
+            device_class = self.settings.device_class_or_default(fields.get("device_class"))
             if device_class not in self.settings.device_classes:
                 raise ImageRejected(
                     400, "unknown_device_class",
@@ -409,7 +388,7 @@ class PocketGAN:
             return self._reject(r)
         except DeadlineExceeded:
             self.metrics.edge_refusals.labels("timeout").inc()
-            return _error(504, "timeout", f"not started within {TIMEOUT_S:g} s")
+            return _error(504, "timeout", f"not started within {self.settings.timeout_s:g} s")
         except Exception:  # noqa: BLE001 - our fault, never the client's: details to the log only
             log.exception("request %s: translate failed", _rid(request))
             return _error(500, "internal_error", "internal error")
@@ -467,21 +446,29 @@ class PocketGAN:
         manifests = await self._manifests_for_resolve(task)
         if not manifests:
             return _error(503, "not_ready", f"no promoted set known for {task} yet")
+        manifests = [m for m in manifests if m.format_file(body.format) is not None]
+        if not manifests:
+            return self._reject(ImageRejected(
+                404, "format_unavailable", f"no promoted artifact of {task} is published as {body.format}; try onnx"))
         req = SelectionRequest(task=task, hardware_tag=tag, budget_ms=body.latency_budget_ms, height=body.height, width=body.width)
         decision = select([candidate_for(m, tag) for m in manifests], {}, req)  # client hardware: no server observations
         chosen = next(m for m in manifests if m.artifact_id == decision.artifact_id)
         summary = summarize(chosen)
+        file = chosen.format_file(body.format)
+        assert file is not None  # filtered above
         expires = self.settings.presign_expires_s
         try:
             url = await anyio.to_thread.run_sync(
-                lambda: self.pool.registry().presign(chosen.artifact_id, path=chosen.model_file, task=task, expires_s=expires)
+                lambda: self.pool.registry().presign(chosen.artifact_id, path=file.path, task=task, expires_s=expires)
             )
         except RegistryError as exc:
             log.warning("cannot presign %s: %s", chosen.artifact_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return _error(503, "registry_unavailable", "the model URL cannot be signed right now; retry shortly")
         return ResolveResponse(
             task=task, hardware_tag=tag, latency_budget_ms=body.latency_budget_ms, artifact=summary, url=url,
-            url_expires_s=expires, sha256=summary.model_sha256, expected_ms=decision.expected_ms,
+            url_expires_s=expires, format=body.format, path=file.path, sha256=file.sha256, bytes=file.bytes,
+            written_by=next((v.runtime_version for v in chosen.variants if v.format == body.format), None),
+            expected_ms=decision.expected_ms,
             budget_met=not decision.no_eligible, no_eligible=decision.no_eligible, reasons=decision.reasons,
             candidates=[
                 CandidateOut(artifact_id=e.artifact_id, expected_ms=e.expected_ms, eligible=e.eligible, reason=e.reason)
@@ -551,19 +538,69 @@ class PocketGAN:
         )
 
 
+def _serve_config(settings: ServiceSettings) -> dict[str, Any]:
+    """BentoML's service config from our settings: read when serving starts (main process and each
+    worker), so `bentoml build` bakes nothing and env / the YAML file decide at serve time."""
+    return {"workers": settings.workers, "traffic": {"timeout": settings.timeout_s + BACKSTOP_S}}
+
+
+def _inject_config(self: Any) -> None:
+    """BentoML loads its config from the service's declared one here (serve, each worker, and build):
+    ours goes in for that moment only, so the declared config (what bento.yaml records) stays without it."""
+    if self is not PocketGAN:
+        return _bentoml_inject_config(self)
+    declared = dict(self.config)
+    try:
+        self.config.update(_serve_config(ServiceSettings()))
+    except ValueError as exc:  # invalid settings: the workers refuse to start with the full message
+        log.warning("service settings invalid: %s", str(exc).splitlines()[0])
+    try:
+        _bentoml_inject_config(self)
+    finally:
+        self.config.clear()
+        self.config.update(declared)
+
+
 def _edge_to_asgi(self: Any, is_main: bool = True) -> Any:
     """BentoML builds each worker's ASGI app with `Service.to_asgi`; ours is wrapped in the Edge so that the
     edge is the outermost layer (BentoML's metrics, timeout and routing all sit inside it)."""
     inner = _bentoml_to_asgi(self, is_main)
     if self is not PocketGAN:
         return inner
-    per_worker = max(1, math.ceil(MAX_CONCURRENCY / max(1, WORKERS)))  # BentoML's own split of max_concurrency
-    return Edge(inner, ServiceSettings(), max_concurrency=per_worker, timeout_s=TIMEOUT_S)
+    settings = ServiceSettings()
+    per_worker = max(1, math.ceil(settings.max_concurrency / settings.workers))  # BentoML's own split
+    return Edge(inner, settings, max_concurrency=per_worker, timeout_s=settings.timeout_s)
 
 
-# Service is an attrs class with slots: the hook goes on the class, and applies to this service only
-# (BentoML's original is kept on the class so a re-import wraps it, not our wrapper).
+def _schema(self: Any) -> dict[str, Any]:
+    """BentoML's schema plus our two routes, so `bentoml.SyncHTTPClient(url).translate(...)` works."""
+    schema = _bentoml_schema(self)
+    if self is PocketGAN:
+        schema["routes"] = client_routes()
+    return schema
+
+
+def _openapi_spec(self: Any) -> Any:
+    """Our API description (service.openapi) with this worker's settings once it serves."""
+    if self is not PocketGAN:
+        return _bentoml_openapi_spec.fget(self)
+    return OpenAPIDocument(openapi_document(app, _LIVE.get("settings"), title=self.name, version=app.version))
+
+
+# Service is an attrs class with slots: the hooks go on the class and apply to this service only
+# (BentoML's originals are kept on the class so a re-import wraps them, not our wrappers).
 _Service: Any = type(PocketGAN)
-_bentoml_to_asgi = getattr(_Service, "_pocketgan_bentoml_to_asgi", None) or _Service.to_asgi
-_Service._pocketgan_bentoml_to_asgi = _bentoml_to_asgi
+_ORIGINALS = _Service.__dict__.get("_pocketgan_originals") or {
+    "to_asgi": _Service.to_asgi, "inject_config": _Service.inject_config, "schema": _Service.schema,
+    "openapi_spec": _Service.__dict__["openapi_spec"],
+}
+_Service._pocketgan_originals = _ORIGINALS
+_bentoml_to_asgi = _ORIGINALS["to_asgi"]
+_bentoml_inject_config = _ORIGINALS["inject_config"]
+_bentoml_schema = _ORIGINALS["schema"]
+_bentoml_openapi_spec = _ORIGINALS["openapi_spec"]
 _Service.to_asgi = _edge_to_asgi
+_Service.inject_config = _inject_config
+_Service.schema = _schema
+_Service.openapi_spec = property(_openapi_spec)
+register_yaml()

@@ -63,6 +63,9 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_DEVICE_CLASSES),
         description="device class -> default latency budget in ms",
     )
+    default_device_class: str | None = Field(
+        default=None, description="device class of a request that names none; None = the first of device_classes",
+    )
     min_budget_ms: float = Field(default=1.0, gt=0)
     max_budget_ms: float = Field(default=60000.0, gt=0)
     poll_interval_s: float = Field(default=10.0, gt=0)
@@ -98,6 +101,10 @@ class ServiceSettings(BaseSettings):
     service_bytes_per_pixel: float = Field(
         default=96.0, ge=0, description="decode, tensors, postprocess and encode outside ONNX Runtime"
     )
+    # -- serving (read when BentoML starts serving, not when the bento is built)
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes")
+    max_concurrency: int = Field(default=64, ge=1, description="requests being processed at once, split over workers (else 429)")
+    timeout_s: float = Field(default=30.0, gt=0, description="from the complete body to the response start (else 504)")
     body_timeout_s: float = Field(default=10.0, gt=0, description="the whole body must arrive within this (else 408)")
     max_uploads: int = Field(default=256, ge=1, description="bodies being received at once per worker (else 503)")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 429/503")
@@ -191,8 +198,14 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(f"device class {name!r}: budget must be > 0 ms")
         return v
 
+    def device_class_or_default(self, name: str | None) -> str:
+        """The request's device class, or the configured default (the first class when none is set)."""
+        return name or self.default_device_class or next(iter(self.device_classes))
+
     @model_validator(mode="after")
     def _bounds(self) -> "ServiceSettings":
+        if self.default_device_class is not None and self.default_device_class not in self.device_classes:
+            raise ValueError(f"default_device_class {self.default_device_class!r} is not one of device_classes")
         if self.min_budget_ms >= self.max_budget_ms:
             raise ValueError("min_budget_ms must be < max_budget_ms")
         for name, budget in self.device_classes.items():

@@ -85,12 +85,12 @@ def build_reflect_onnx(path: Path, seed: int = 0, width: int = 4) -> Path:
 
 
 def make_artifact(root: Path, width: int, seed: int, p95_ms: float | None, *, reflect: bool = False,
-                  memory_at: int | None = None, measured=None):  # noqa: ANN001 - a LatencyMeasurement
+                  memory_at: int | None = None, measured=None, variants: tuple[str, ...] = ()):  # noqa: ANN001
     """A real tiny generator as an artifact dir (+ its synthetic profile for TAG, or None).
 
     `reflect`: the reflect-pad model (build_reflect_onnx) instead of the plain convs. `memory_at`: add a
     real measurement (compression_jobs.profiling.measure) at that square side, for its peak bytes/pixel;
-    `measured`: such a measurement taken earlier, appended as is.
+    `measured`: such a measurement taken earlier, appended as is. `variants`: formats to add ("ort").
     """
     import onnxruntime as ort
 
@@ -103,6 +103,10 @@ def make_artifact(root: Path, width: int, seed: int, p95_ms: float | None, *, re
     arch = Architecture(family="tiny-conv", channel_config=str(width), macs=macs, reference_resolution=256)
     manifest = build_manifest(d, task=TASK, method="teacher", architecture=arch)
     write_manifest(d, manifest)
+    if variants:  # mobile formats next to model.onnx (registry.artifact.add_variants)
+        from registry.artifact import add_variants
+
+        manifest, _ = add_variants(d, variants)
     profile = None
     if p95_ms is not None:
         profile = HardwareProfile(

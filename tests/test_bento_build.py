@@ -25,8 +25,9 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 LOCAL_PACKAGES = {"service", "registry"}
-# Imported lazily by registry.onnx_stats for `publish` only (MACs from the graph); the service
-# never publishes, so the image does not need it.
+# Imported lazily by registry.onnx_stats / registry.artifact for `publish` only (MACs from the graph,
+# fp16 variants); the service never publishes, so the image does not need it. (registry/local_s3.py,
+# the development S3, is not in the bento at all.)
 NOT_NEEDED_BY_SERVICE = {"onnx"}
 # The CPU wheel the image gets and the GPU wheel installed here provide the same `onnxruntime` module.
 INSTALLED_AS = {"onnxruntime": "onnxruntime-gpu"}
@@ -102,6 +103,24 @@ def test_bento_yaml(built: dict) -> None:
         {k: e[k] for k in ("name", "value")} for e in info["envs"]
     ]
     assert (built["dir"] / "env" / "docker" / "Dockerfile").is_file()
+
+
+def test_bento_schema_lists_the_client_endpoints_and_bakes_no_serve_settings(built: dict) -> None:
+    """BentoML's clients (and BentoCloud) read the routes from the bento's schema; workers and the
+    timeout are read from settings when serving (the service tests serve 1 and 2 workers by env)."""
+    info = yaml.safe_load((built["dir"] / "bento.yaml").read_text())
+    routes = {r["name"]: r for r in info["schema"]["routes"]}
+    assert set(routes) == {"translate", "resolve"}
+    assert routes["translate"]["input"]["properties"]["image"]["type"] == "file"
+    assert routes["translate"]["input"]["required"] == ["image", "task"]
+    assert {"task", "hardware_tag", "latency_budget_ms", "format"} <= set(routes["resolve"]["input"]["properties"])
+    stored = json.loads((built["dir"] / "apis" / "schema.json").read_text())
+    assert [r["name"] for r in stored["routes"]] == ["translate", "resolve"]
+    (svc,) = info["services"]
+    assert svc["config"]["resources"] == {"cpu": "2", "memory": "2Gi"}
+    assert "workers" not in svc["config"] and "traffic" not in svc["config"]
+    openapi = yaml.safe_load((built["dir"] / "apis" / "openapi.yaml").read_text())
+    assert "multipart/form-data" in openapi["paths"]["/translate"]["post"]["requestBody"]["content"]
 
 
 def test_bento_holds_exactly_the_service_and_registry_sources(built: dict) -> None:

@@ -236,9 +236,9 @@ def test_inference_never_starts_past_the_deadline(tmp_path) -> None:
     from conftest import build_tiny_onnx
     from _service_helpers import png_bytes
     from registry.runtime import OnnxGenerator
+    from service.images import decode_image
     from service.metrics import build_metrics
     from service.pool import LoadedArtifact
-    from service.images import decode_image
     from service.service import DeadlineExceeded, PocketGAN
 
     svc = object.__new__(PocketGAN.inner)  # the handler's own code, without a server around it
