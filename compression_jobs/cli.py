@@ -197,23 +197,24 @@ def profile_cli(artifact_id: str | None, task: str | None, promoted: bool, chann
         profile = profile_model(model_path, resolutions=res, batches=batches, warmup=warmup, runs=runs,
                                 min_time_s=min_time, threads=threads, provider=provider, hardware_tag=hardware_tag,
                                 progress=not as_json, label=aid)
-        if not dry_run:
+        results.append((aid, t, profile))
+    if not dry_run:  # only once every target was measured on the provider asked for: all or nothing
+        for aid, t, profile in results:
             registry.add_profile(aid, profile, task=t)
-        results.append((aid, profile))
     if as_json:
-        click.echo(json.dumps([{"artifact_id": aid, "written": not dry_run, **p.model_dump(mode="json")} for aid, p in results]))
+        click.echo(json.dumps([{"artifact_id": aid, "written": not dry_run, **p.model_dump(mode="json")} for aid, _, p in results]))
         return
-    table = Table(title=f"latency on {results[0][1].hardware_tag} ({results[0][1].execution_provider}, threads {threads or 'default'})")
+    table = Table(title=f"latency on {results[0][2].hardware_tag} ({results[0][2].execution_provider}, threads {threads or 'default'})")
     for col in ("artifact", "HxW", "batch", "runs", "p50 ms", "p95 ms", "p99 ms", "img/s", "peak MB", "B/px"):
         table.add_column(col, justify="right" if col != "artifact" else "left")
-    for aid, p in results:
+    for aid, _, p in results:
         for m in p.measurements:
             table.add_row(aid, f"{m.height}x{m.width}", str(m.batch), str(m.runs), f"{m.p50_ms:.2f}", f"{m.p95_ms:.2f}",
                           f"{m.p99_ms:.2f}", f"{m.throughput_ips:.1f}", f"{m.peak_memory_mb or 0:.1f}",
                           f"{m.peak_bytes_per_pixel:.0f}" if m.peak_bytes_per_pixel is not None else "-")
     Console().print(table)
     if not dry_run:
-        click.echo(f"wrote {len(results)} profile(s) for hardware tag {results[0][1].hardware_tag}")
+        click.echo(f"wrote {len(results)} profile(s) for hardware tag {results[0][2].hardware_tag}")
 
 
 def _task_manifests(registry, task: str, promoted: bool, channel: str) -> list:  # noqa: ANN001

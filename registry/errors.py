@@ -49,3 +49,17 @@ class ContractViolation(RegistryError):
     promote and load."""
 
     exit_code = 7
+
+
+class ConfigurationError(RegistryError):
+    """Configuration the operator must fix before anything can run: POCKETGAN_REGISTRY unset or
+    malformed, no AWS credentials, credentials the store rejects."""
+
+    exit_code = 8
+
+
+class ExecutionProviderUnavailable(RegistryError):
+    """An ONNX Runtime execution provider was asked for (e.g. CUDAExecutionProvider) and this
+    machine cannot run it: nothing is measured or served on another provider in its place."""
+
+    exit_code = 9
