@@ -211,10 +211,8 @@ def _exit_if_corrupt(lines: list[str]) -> None:
     """After listing everything else: name each corrupt object on stderr and exit 5 (integrity)."""
     if not lines:
         return
-    import sys
-
     for line in lines:
-        click.echo(f"corrupt: {line}", err=True)
+        click.echo(f"error: corrupt: {line}", err=True)
     sys.exit(5)
 
 
