@@ -12,6 +12,7 @@ Anything else that does not match is an error listing the missing and unexpected
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -34,8 +35,11 @@ def read_state_dict(path: Path | str) -> "OrderedDict[str, torch.Tensor]":
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report any unpickling failure in one line
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+    except pickle.UnpicklingError as exc:  # torch's message advises weights_only=False: never relay that
+        raise CheckpointError(f"{path}: not a state-dict checkpoint (it holds pickled objects other than tensors; "
+                              "only weights are loaded, never code)") from exc
+    except Exception as exc:  # noqa: BLE001 - not a torch file at all (zip/pickle header, truncated file, ...)
+        raise CheckpointError(f"{path}: not a state-dict checkpoint (not a torch-saved file: {exc.__class__.__name__})") from exc
     for key in ("state_dict", "model_state_dict", "netG", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from registry.cli import parse_resolution
-from registry.errors import InvalidInput
+from registry.cli import json_report, parse_resolution
+from registry.errors import IntegrityError, InvalidInput
 
 ARCHES = ("resnet", "unet", "mobile-resnet", "supernet")
 NORM_CHOICES = ("instance", "instance-affine", "batch", "none")
@@ -70,6 +70,7 @@ def macs_cli(arch: str, ngf: int, n_blocks: int, num_downs: int, norm: str | Non
 
 
 @click.command("export")
+@json_report
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Teacher state dict (latest_net_G.pth).")
 @click.option("--arch", type=click.Choice(("resnet", "unet")), default="resnet", show_default=True, help="Teacher architecture.")
 @click.option("--ngf", type=int, default=None, help="Base width (default: inferred from the checkpoint).")
@@ -115,16 +116,19 @@ def export_cli(teacher: Path | None, arch: str, ngf: int | None, n_blocks: int |
     try:
         manifest = export_artifact(model, out_dir, task=task, method=method, parent=parent, job=job,
                                    resolution=resolution, exporter=exporter)  # type: ignore[arg-type]
-    except ExportParityError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except ExportParityError as exc:  # the ONNX graph computes something else than the checkpoint: exit 5
+        raise IntegrityError(str(exc)) from exc
     a = manifest.architecture
     info = manifest.job["export"]
     click.echo(f"exported {manifest.artifact_id} ({a.family}, {a.macs / 1e9:.2f} GMACs @256, {a.params / 1e6:.2f} M params) "
                f"to {out_dir} via {info['exporter']} exporter, parity max abs diff "
                f"{max(info['parity_max_abs_diff'].values()):.1e}")
+    return {"out": str(out_dir), "artifact_id": manifest.artifact_id, "exporter": info["exporter"],
+            "parity_max_abs_diff": info["parity_max_abs_diff"], "manifest": manifest}
 
 
 @click.command("quantize")
+@json_report
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--calibration-images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="New artifact directory.")
@@ -147,6 +151,8 @@ def quantize_cli(artifact_dir: Path, calibration_images: Path, out_dir: Path, re
                           calibration_method=calibration_method, threads=threads)  # type: ignore[arg-type]
     click.echo(f"int8 artifact {m.artifact_id} (parent {m.parent}) in {out_dir}: PSNR to fp32 {m.quality.psnr_to_fp32:.2f} dB, "
                f"{m.architecture.file_bytes / 1e6:.2f} MB")
+    return {"out": str(out_dir), "artifact_id": m.artifact_id, "parent": m.parent, "psnr_to_fp32": m.quality.psnr_to_fp32,
+            "manifest": m}
 
 
 @click.command("profile")
@@ -197,23 +203,24 @@ def profile_cli(artifact_id: str | None, task: str | None, promoted: bool, chann
         profile = profile_model(model_path, resolutions=res, batches=batches, warmup=warmup, runs=runs,
                                 min_time_s=min_time, threads=threads, provider=provider, hardware_tag=hardware_tag,
                                 progress=not as_json, label=aid)
-        if not dry_run:
+        results.append((aid, t, profile))
+    if not dry_run:  # only once every target was measured on the provider asked for: all or nothing
+        for aid, t, profile in results:
             registry.add_profile(aid, profile, task=t)
-        results.append((aid, profile))
     if as_json:
-        click.echo(json.dumps([{"artifact_id": aid, "written": not dry_run, **p.model_dump(mode="json")} for aid, p in results]))
+        click.echo(json.dumps([{"artifact_id": aid, "written": not dry_run, **p.model_dump(mode="json")} for aid, _, p in results]))
         return
-    table = Table(title=f"latency on {results[0][1].hardware_tag} ({results[0][1].execution_provider}, threads {threads or 'default'})")
+    table = Table(title=f"latency on {results[0][2].hardware_tag} ({results[0][2].execution_provider}, threads {threads or 'default'})")
     for col in ("artifact", "HxW", "batch", "runs", "p50 ms", "p95 ms", "p99 ms", "img/s", "peak MB", "B/px"):
         table.add_column(col, justify="right" if col != "artifact" else "left")
-    for aid, p in results:
+    for aid, _, p in results:
         for m in p.measurements:
             table.add_row(aid, f"{m.height}x{m.width}", str(m.batch), str(m.runs), f"{m.p50_ms:.2f}", f"{m.p95_ms:.2f}",
                           f"{m.p99_ms:.2f}", f"{m.throughput_ips:.1f}", f"{m.peak_memory_mb or 0:.1f}",
                           f"{m.peak_bytes_per_pixel:.0f}" if m.peak_bytes_per_pixel is not None else "-")
     Console().print(table)
     if not dry_run:
-        click.echo(f"wrote {len(results)} profile(s) for hardware tag {results[0][1].hardware_tag}")
+        click.echo(f"wrote {len(results)} profile(s) for hardware tag {results[0][2].hardware_tag}")
 
 
 def _task_manifests(registry, task: str, promoted: bool, channel: str) -> list:  # noqa: ANN001

@@ -219,10 +219,11 @@ def write_report(result: CompareResult, root: Path) -> str:
     for r in result.methods:
         if r.available:
             c = COLORS.get(r.method, (120, 120, 120))
-            series.append(Series(r.method, c, [(x["macs"], x["ssim_t"], x["name"]) for x in rows
+            series.append(Series(r.method, c, [(x["macs"], x["ssim_t"], x["name"], x["p50"]) for x in rows
                                                if x["method"] == r.method], radius=5, labels=True))
-            series.append(Series(f"{r.method} int8", c, [(x["macs"], x["ssim_t"], "int8") for x in rows
+            series.append(Series(f"{r.method} int8", c, [(x["macs"], x["ssim_t"], "int8", x["p50"]) for x in rows
                                                          if x["method"] == f"{r.method} int8"], radius=8, ring=True))
     scatter(series, root / "pareto.png", title="SSIM to the shared teacher on held-out images, per method "
-            "(rings: INT8 of the winner)", teacher_macs=t["macs"], budget_macs=result.budget_macs)
+            "(rings: INT8 of the winner)", teacher_macs=t["macs"], budget_macs=result.budget_macs,
+            teacher_latency_ms=t["p50"])
     return text

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from registry.cli import json_report
+from registry.errors import InvalidInput, NotFound
+
 if TYPE_CHECKING:
     from compression_jobs.pipeline import Context
 
@@ -42,15 +45,15 @@ def job_context(config: str, run_dir: str | None, inception_weights: str | None,
         parsed[key] = yaml.safe_load(value)
     try:
         job = load_config(config, parsed)
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except FileNotFoundError as exc:  # exit 4 (README exit codes)
+        raise NotFound(str(exc)) from exc
     except ValueError as exc:  # pydantic.ValidationError: report the first problem on one line
         errors = getattr(exc, "errors", None)
         if callable(errors) and errors():
             first = errors()[0]
             where = ".".join(str(x) for x in first.get("loc", ())) or "(root)"
-            raise click.ClickException(f"invalid config {config}: {where}: {first.get('msg')}") from exc
-        raise click.ClickException(f"invalid config {config}: {exc}") from exc
+            raise InvalidInput(f"invalid config {config}: {where}: {first.get('msg')}") from exc
+        raise InvalidInput(f"invalid config {config}: {exc}") from exc
     rd = Path(run_dir) if run_dir else Path("runs") / job.name
     return Context(job, rd, Path(inception_weights) if inception_weights else None)
 
@@ -85,6 +88,7 @@ def compress_cli() -> None:
 
 
 @compress_cli.command("run")
+@json_report
 @_common
 @click.option("--resume", is_flag=True, help="Skip stages already completed in the run dir.")
 @click.option("--until", type=click.Choice(list(STAGE_HELP)), help="Stop after this stage.")
@@ -99,9 +103,11 @@ def run_cmd(config: str, run_dir: str | None, inception_weights: str | None, ove
     except Exception as exc:  # noqa: BLE001 - reported as one line with the stage name
         raise _fail(exc, ctx) from exc
     _summary(ctx.run_dir)
+    return _state(ctx.run_dir)
 
 
 def _stage_command(stage: str) -> click.Command:
+    @json_report
     @_common
     def cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...]) -> None:
         from compression_jobs.pipeline import run_stage
@@ -112,6 +118,7 @@ def _stage_command(stage: str) -> click.Command:
         except Exception as exc:  # noqa: BLE001
             raise _fail(exc, ctx) from exc
         click.echo(json.dumps(info, indent=2, default=str))
+        return info
 
     cmd.__doc__ = STAGE_HELP[stage] + " Needs the earlier stages' outputs in the run dir."
     return click.command(stage)(cmd)
@@ -122,6 +129,7 @@ for _stage in STAGE_HELP:
 
 
 @compress_cli.command("compare")
+@json_report
 @_common
 @click.option("--methods", default="gan-compression,omgd,coevolution", show_default=True,
               help="Comma-separated methods to compare (unavailable ones are listed as such).")
@@ -144,22 +152,36 @@ def compare_cmd(config: str, run_dir: str | None, inception_weights: str | None,
         raise click.ClickException(f"{exc}\n  partial results kept in {root}; rerun the same command to continue") from exc
     click.echo((root / "report.md").read_text())
     click.echo(f"wrote {root / 'report.md'} and {root / 'pareto.png'}; published {len(result.published)} artifacts")
+    return {"run_dir": str(root), "report": str(root / "report.md"), "plot": str(root / "pareto.png"),
+            "published": result.published}
 
 
 @compress_cli.command("status")
+@json_report
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-def status_cmd(run_dir: str) -> None:
-    """Which stages of a run have completed."""
+def status_cmd(run_dir: str) -> dict:
+    """Which stages of a run have completed (--json: the run's state.json)."""
     _summary(Path(run_dir))
+    return _state(Path(run_dir))
 
 
 @compress_cli.command("configs")
-def configs_cmd() -> None:
+@json_report
+def configs_cmd() -> list[str]:
     """List the embedded configs."""
     from compression_jobs.gan_compression.config import embedded_config_names
 
-    for name in embedded_config_names():
+    names = list(embedded_config_names())
+    for name in names:
         click.echo(name)
+    return names
+
+
+def _state(run_dir: Path) -> dict:
+    """What `--json` reports for a run: its state.json (method, completed stages and their info)."""
+    from compression_jobs.pipeline import read_state
+
+    return {"run_dir": str(run_dir), **read_state(run_dir)}
 
 
 def _summary(run_dir: Path) -> None:

@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from registry.manifest import HardwareProfile, LatencyMeasurement
-from registry.runtime import OnnxGenerator
+from registry.errors import ExecutionProviderUnavailable, InvalidInput
+from registry.runtime import CUDA, OnnxGenerator
 
 from compression_jobs.hardware import resolve_hardware_tag
 
@@ -108,6 +109,17 @@ def measure(
     )
 
 
+def check_tag_matches_provider(tag: str, provider: str) -> None:
+    """A `cuda…` tag needs the CUDA EP in use and a `cpu…` tag a CPU one (other tags, e.g. a phone
+    farm's, are the operator's word): a profile labelled for hardware it did not run on would
+    mislead every selection that reads it."""
+    on_cuda = provider == CUDA
+    if tag.startswith("cuda") and not on_cuda:
+        raise ExecutionProviderUnavailable(f"hardware tag {tag!r} names a CUDA device but the session runs on {provider}")
+    if tag.startswith("cpu") and on_cuda:
+        raise InvalidInput(f"hardware tag {tag!r} names a CPU but the session runs on {provider}")
+
+
 def profile_model(
     model_path: Path | str,
     *,
@@ -128,8 +140,11 @@ def profile_model(
     `provider`: e.g. CPUExecutionProvider (None = CUDA if it really works, else CPU).
     """
     baseline = _rss_mb()
+    # OnnxGenerator refuses (ExecutionProviderUnavailable) when the provider asked for, or CUDA chosen by
+    # default, is not the one the session runs on: a profile is never measured on another device.
     generator = OnnxGenerator(model_path, providers=[provider] if provider else None, intra_op_threads=threads)
     tag = resolve_hardware_tag(hardware_tag, generator.provider)
+    check_tag_matches_provider(tag, generator.provider)
     points = [(h, w, b) for (h, w) in resolutions for b in batches]
     measurements: list[LatencyMeasurement] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

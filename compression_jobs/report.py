@@ -1,23 +1,23 @@
-"""A MACs-vs-SSIM scatter plot drawn with PIL (no plotting dependency), shared by the reports."""
+"""The Pareto plot of the compression reports (matplotlib) and the table helpers they share."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from PIL import Image, ImageDraw
+from typing import Sequence
 
 Color = tuple[int, int, int]
+Point = tuple  # (MACs, SSIM to teacher, label) or (MACs, SSIM, label, measured p50 latency in ms or None)
 
 
 @dataclass
 class Series:
-    """Points (MACs, SSIM to teacher, label) drawn alike; `ring` draws outlined circles instead of dots."""
+    """Points drawn alike: (MACs, SSIM to teacher, label[, p50 ms]); `ring` draws outlined circles
+    (e.g. the INT8 variant of a point), `labels` writes each label next to its point."""
 
     name: str
     color: Color
-    points: list[tuple[float, float, str]] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
     radius: int = 3
     ring: bool = False
     labels: bool = False
@@ -39,66 +39,70 @@ def manifest_row(m) -> dict:  # noqa: ANN001 - registry.manifest.Manifest
             "ssim_gt": q.ssim_to_ground_truth, "fid": q.fid, "kid": q.kid, "psnr_fp32": q.psnr_to_fp32}
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (lower cost, higher quality), by rising cost."""
+    front: list[tuple[float, float]] = []
+    for cost, quality in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or quality > front[-1][1]:
+            front.append((cost, quality))
+    return front
+
+
 def scatter(series: list[Series], path: Path, *, title: str, teacher_macs: float | None = None,
-            budget_macs: float | None = None, size: tuple[int, int] = (900, 600)) -> None:
-    """x = MACs per image @256 (log), y = SSIM to teacher; teacher as a black square at SSIM 1, budget as a line."""
-    W, H = size
-    ml, mr, mt, mb = 80, 30, 40, 60
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    pts = [p for s in series for p in s.points if p[1] is not None and p[0]]
-    xs = [p[0] for p in pts] + ([teacher_macs] if teacher_macs else [])
-    ys = [p[1] for p in pts] + [1.0]
-    if not xs:
-        img.save(path)
-        return
-    x0, x1 = math.log10(min(xs)) - 0.05, math.log10(max(xs)) + 0.05
-    y0, y1 = max(0.0, min(ys) - 0.05), min(1.0, max(ys) + 0.02)
+            budget_macs: float | None = None, size: tuple[int, int] = (900, 600),
+            teacher_latency_ms: float | None = None) -> None:
+    """SSIM to the teacher against MACs per image @256 (log) and, when points carry one, against the
+    measured p50 latency (log, second panel). Each panel draws the Pareto front over every point
+    as a dashed step line, the teacher as a black square at SSIM 1, and the MACs budget as a line.
+    `size` is in pixels at 100 dpi (the latency panel doubles the width)."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    def px(macs: float, ssim: float) -> tuple[float, float]:
-        x = ml + (math.log10(macs) - x0) / (x1 - x0) * (W - ml - mr)
-        y = H - mb - (ssim - y0) / max(1e-9, (y1 - y0)) * (H - mt - mb)
-        return x, y
+    def usable(p: Point) -> bool:
+        return p[1] is not None and bool(p[0])
 
-    d.rectangle([ml, mt, W - mr, H - mb], outline="black")
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        _, y = px(10**x0, yv)
-        d.line([ml - 4, y, ml, y], fill="black")
-        d.text((8, y - 6), f"{yv:.3f}", fill="black")
-    for e in range(int(math.floor(x0)), int(math.ceil(x1)) + 1):
-        for m in (1, 2, 5):
-            v = m * 10**e
-            if x0 <= math.log10(v) <= x1:
-                x, _ = px(v, y0)
-                d.line([x, H - mb, x, H - mb + 4], fill="black")
-                d.text((x - 14, H - mb + 8), f"{v / 1e9:g}G", fill="black")
-    d.text((W // 2 - 90, H - 25), "MACs per image @256x256 (log)", fill="black")
-    d.text((ml, 12), title, fill="black")
-    for s in series:
-        for macs, ssim, label in s.points:
-            if ssim is None or not macs:
+    has_latency = any(len(p) > 3 and p[3] for s in series for p in s.points if usable(p))
+    panels = [("macs", "MACs per image @256x256 (log)")]
+    if has_latency:
+        panels.append(("latency", "measured p50 latency, ms (log)"))
+    width, height = size
+    fig = Figure(figsize=(width * len(panels) / 100, height / 100), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (kind, xlabel) in zip(axes, panels):
+        def x_of(p: Point, kind: str = kind) -> float | None:
+            return p[0] if kind == "macs" else (p[3] if len(p) > 3 and p[3] else None)
+
+        everything = []
+        for s in series:
+            pts = [(x_of(p), p[1], p[2]) for p in s.points if usable(p) and x_of(p)]
+            if not pts:
                 continue
-            x, y = px(macs, ssim)
-            r = s.radius
+            everything += [(x, y) for x, y, _ in pts]
+            rgb = tuple(c / 255 for c in s.color)
+            area = (2 * s.radius) ** 2
             if s.ring:
-                d.ellipse([x - r, y - r, x + r, y + r], outline=s.color, width=2)
+                ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], s=area * 2, facecolors="none",
+                           edgecolors=[rgb], linewidths=1.5, label=s.name, zorder=3)
             else:
-                d.ellipse([x - r, y - r, x + r, y + r], fill=s.color)
+                ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], s=area, color=[rgb], label=s.name, zorder=3)
             if s.labels:
-                d.text((x + r + 3, y - 6), label, fill=s.color)
-    legend_y = H - mb - 6 - 14 * sum(1 for s in series if s.points)  # bottom right: the teacher sits top right
-    for s in series:
-        if s.points:
-            d.ellipse([W - mr - 150, legend_y, W - mr - 142, legend_y + 8], fill=s.color)
-            d.text((W - mr - 136, legend_y - 2), s.name, fill="black")
-            legend_y += 14
-    if teacher_macs:
-        x, y = px(teacher_macs, 1.0)
-        d.rectangle([x - 5, y - 5, x + 5, y + 5], fill=(0, 0, 0))
-        d.text((x - 50, y + 8), "teacher", fill="black")
-    if budget_macs:
-        x, _ = px(budget_macs, y0)
-        d.line([x, mt, x, H - mb], fill=(0, 150, 0), width=1)
-        d.text((x + 3, mt + 3), "budget", fill=(0, 150, 0))
-    img.save(path)
+                for x, y, label in pts:
+                    ax.annotate(label, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color=rgb)
+        teacher_x = teacher_macs if kind == "macs" else teacher_latency_ms
+        if teacher_x:
+            everything.append((teacher_x, 1.0))
+            ax.scatter([teacher_x], [1.0], marker="s", s=60, color="black", label="teacher", zorder=4)
+        front = pareto_front(everything)
+        if len(front) > 1:
+            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linestyle="--",
+                    linewidth=1, label="Pareto front", zorder=2)
+        if kind == "macs" and budget_macs:
+            ax.axvline(budget_macs, color=(0, 0.6, 0), linewidth=1, label="MACs budget")
+        if everything:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("SSIM to teacher")
+        ax.grid(True, which="both", alpha=0.25)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)

@@ -1,12 +1,11 @@
 # The jobs image (`pocketgan-jobs`): the whole package, for `pocketgan profile` (and compression
-# jobs) in Kubernetes, e.g. deploy/k8s/profile-job.yaml. The service image is the bento instead
+# jobs) in Kubernetes, e.g. the CPU pools of deploy/k8s/profile. The service image is the bento instead
 # (`bentoml containerize`), which carries only service/ and registry/.
 #
 #   docker build -f deploy/jobs.Dockerfile -t pocketgan-jobs:0.1.0 .
 #
 # NOT built on the project's CI machine (it has a docker client but no daemon): see container.md.
-# For a GPU node pool, use a CUDA runtime base with cuDNN (onnxruntime-gpu's CUDA EP needs them),
-# e.g. nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 with Python 3.11 installed.
+# For a GPU node pool use deploy/jobs-gpu.Dockerfile (the `gpu` extra: CUDA 13 / cuDNN 9 wheels).
 FROM python:3.11-slim
 RUN useradd --create-home --uid 1000 pocketgan
 WORKDIR /app

@@ -61,17 +61,27 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; registry errors become one line on stderr and their documented exit code."""
+    """Run the CLI with one error convention for every group (README "Exit codes"): a failure is one
+    `error: …` line on stderr (never a traceback unless --debug / POCKETGAN_DEBUG), stdout stays
+    empty, and the exit code says what kind of failure it was: 2 usage, 3 conflict, 4 not found,
+    5 integrity, 6 S3 unreachable, 7 not a servable generator, 8 configuration/credentials,
+    9 execution provider not usable, 1 anything else, 130 interrupted."""
     from registry.errors import RegistryError
 
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("POCKETGAN_DEBUG")
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("POCKETGAN_DEBUG"))
     try:
         rc = cli.main(args=argv, prog_name="pocketgan", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("error: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        if exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(USAGE)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -81,7 +91,18 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure: one line, the traceback on --debug
+        if debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        click.echo(f"error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
     # With standalone_mode=False click returns a command's ctx.exit(code) instead of raising it.
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+USAGE = 2

@@ -26,6 +26,7 @@ import httpx
 from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
+from registry.cli import json_report
 from registry.local_s3 import LocalS3Handle, export_lines, running, start_local_s3, write_state
 
 if TYPE_CHECKING:
@@ -208,6 +209,7 @@ def side_by_side(rows: list[list[Image.Image]], headers: list[str], path: Path, 
 
 
 @click.command("demo")
+@json_report
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("pocketgan-demo"),
               show_default=True, help="Where the S3 data, the run, the service log and the outputs go.")
 @click.option("--config", default="demo", show_default=True,
@@ -219,7 +221,7 @@ def side_by_side(rows: list[list[Image.Image]], headers: list[str], path: Path, 
 @click.option("--serve/--no-serve", "keep_serving", default=False, show_default=True,
               help="Keep the service running at the end (Ctrl-C stops it).")
 @click.option("--port", type=click.IntRange(1024, 65535), default=None, help="Service port (default: a free one).")
-def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_serving: bool, port: int | None) -> None:
+def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_serving: bool, port: int | None) -> dict:
     """Run the whole flow end to end on the embedded facades images (label map -> photo).
 
     Starts a local S3 (SeaweedFS), runs a small GAN Compression job, publishes the teacher and the
@@ -272,9 +274,12 @@ def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_s
         click.echo(f"registry:       pocketgan registry ls --task {task}   (after the export lines below)")
         click.echo(export_lines(handle))  # the secret stays in its 0600 file
         click.echo(f"stop S3 with:   pocketgan s3 down --dir {workdir / 's3'}")
+        report = {**json.loads(summary.read_text()), "outputs": str(out_dir), "side_by_side": str(sheet),
+                  "summary": str(summary), "service_log": str(workdir / "service.log"), "s3": str(workdir / "s3")}
         if keep_serving:
             click.echo(f"\nserving on {svc.url} — Ctrl-C to stop")
             svc.wait()
+    return report
 
 
 def _report(results: list[Translation], manifests: dict) -> None:

@@ -4,7 +4,10 @@
 """
 
 from registry.errors import (
+    ConfigurationError,
     Conflict,
+    CredentialsError,
+    ExecutionProviderUnavailable,
     IntegrityError,
     InvalidInput,
     NotFound,
@@ -23,7 +26,10 @@ from registry.names import validate_name
 
 __all__ = [
     "Architecture",
+    "ConfigurationError",
     "Conflict",
+    "CredentialsError",
+    "ExecutionProviderUnavailable",
     "FileEntry",
     "HardwareProfile",
     "IntegrityError",

@@ -4,19 +4,23 @@ Human tables by default, `--json` on every command for scripts. Configuration co
 environment (POCKETGAN_REGISTRY, POCKETGAN_S3_ENDPOINT, AWS_*); see `registry.config`.
 
 Exit codes (raised as RegistryError subclasses and turned into one line by `pocketgan.cli.main`):
-0 ok, 2 bad usage / invalid name or manifest / POCKETGAN_REGISTRY unset, 3 conflict (lost race,
+0 ok, 2 bad usage / invalid name or manifest, 3 conflict (lost race,
 expected revision mismatch, retired or still-promoted artifact), 4 not found (artifact, alias,
 bucket), 5 integrity failure (sha256/size mismatch, a stored manifest/profile/alias/event that no
 longer parses: `ls` and `history` still list everything else and mark it corrupt), 6 registry
-unreachable (down, timeout, credentials rejected), 7 not a servable generator (the contract of
-`registry.contract`, checked at publish and promote).
+unreachable (down, timeout, 5xx), 7 not a servable generator (the contract of `registry.contract`,
+checked at publish and promote), 8 configuration (POCKETGAN_REGISTRY unset or malformed, AWS
+credentials missing or rejected). The same table holds for every `pocketgan` command (README).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 from pydantic import BaseModel, Field
@@ -24,6 +28,36 @@ from pydantic import BaseModel, Field
 from registry.errors import InvalidInput
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+json_option = _json_option
+
+
+def json_report(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command `--json`, the CLI-wide convention (README "Command line conventions").
+
+    The command keeps printing its human report and returns the same facts as a JSON-able object
+    (pydantic models, dicts, lists). Without --json the return value is ignored; with it the human
+    text goes to stderr and the object is printed as JSON on stdout, so stdout is exactly one JSON
+    document. Errors are unchanged: `error: …` on stderr, nothing on stdout, the table's exit code.
+    Apply it directly under `@click.command`/`@group.command`.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, as_json: bool = False, **kwargs: Any) -> None:
+        if not as_json:
+            command(*args, **kwargs)
+            return
+        with contextlib.redirect_stdout(sys.stderr):
+            result = command(*args, **kwargs)
+        emit_json(result)
+
+    return _json_option(wrapper)
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON document on stdout (pydantic models, paths and datetimes at any depth)."""
+    from pydantic_core import to_jsonable_python
+
+    click.echo(json.dumps(obj, indent=2, default=to_jsonable_python))
 _task_option = click.option("--task", default=None, help="Task the artifact belongs to (default: search all tasks).")
 
 
@@ -54,10 +88,7 @@ def _console():  # noqa: ANN202
     return Console(width=None if sys.stdout.isatty() else 220)
 
 
-def _emit_json(obj: Any) -> None:
-    from registry.client import dump_json
-
-    click.echo(dump_json(obj))
+_emit_json = emit_json
 
 
 def _fmt_macs(macs: int | None) -> str:
@@ -191,10 +222,8 @@ def _exit_if_corrupt(lines: list[str]) -> None:
     """After listing everything else: name each corrupt object on stderr and exit 5 (integrity)."""
     if not lines:
         return
-    import sys
-
     for line in lines:
-        click.echo(f"corrupt: {line}", err=True)
+        click.echo(f"error: corrupt: {line}", err=True)
     sys.exit(5)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from registry.errors import InvalidInput
+from registry.errors import ConfigurationError, InvalidInput
 from registry.names import validate_name
 
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -44,16 +44,19 @@ def _default_actor() -> str:
 def parse_registry_url(url: str) -> tuple[str, str]:
     """`s3://bucket/a/b` -> ("bucket", "a/b"); every prefix segment must be a safe name."""
     if not url.startswith("s3://"):
-        raise InvalidInput(f"POCKETGAN_REGISTRY must look like s3://bucket/prefix, got {url!r}")
+        raise ConfigurationError(f"POCKETGAN_REGISTRY must look like s3://bucket/prefix, got {url!r}")
     rest = url[len("s3://") :].strip("/")
     bucket, _, prefix = rest.partition("/")
     if not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket:
-        raise InvalidInput(f"invalid bucket name {bucket!r} in POCKETGAN_REGISTRY={url!r} (3-63 chars a-z 0-9 . -)")
+        raise ConfigurationError(f"invalid bucket name {bucket!r} in POCKETGAN_REGISTRY={url!r} (3-63 chars a-z 0-9 . -)")
     parts = [p for p in prefix.split("/") if p] if prefix else []
     if prefix and len(parts) != len(prefix.split("/")):
-        raise InvalidInput(f"empty path segment in registry prefix {prefix!r}")
+        raise ConfigurationError(f"empty path segment in registry prefix {prefix!r}")
     for part in parts:
-        validate_name(part, "registry prefix segment")
+        try:
+            validate_name(part, "registry prefix segment")
+        except InvalidInput as exc:
+            raise ConfigurationError(f"POCKETGAN_REGISTRY={url!r}: {exc}") from None
     return bucket, "/".join(parts)
 
 
@@ -105,9 +108,9 @@ class RegistrySettings(BaseSettings):
         return Path(v).expanduser()
 
     def location(self) -> tuple[str, str]:
-        """(bucket, prefix); InvalidInput with set-up instructions when POCKETGAN_REGISTRY is unset."""
+        """(bucket, prefix); ConfigurationError (exit 8) with set-up instructions when POCKETGAN_REGISTRY is unset."""
         if not self.registry:
-            raise InvalidInput(f"POCKETGAN_REGISTRY is not set: {SETUP_HINT}")
+            raise ConfigurationError(f"POCKETGAN_REGISTRY is not set: {SETUP_HINT}")
         return parse_registry_url(self.registry)
 
     @property
@@ -125,13 +128,13 @@ class RegistrySettings(BaseSettings):
 
     @classmethod
     def from_env(cls) -> "RegistrySettings":
-        """Settings from the environment, with a one-line InvalidInput instead of a pydantic report."""
+        """Settings from the environment, with a one-line ConfigurationError instead of a pydantic report."""
         try:
             return cls()
-        except InvalidInput:
+        except ConfigurationError:
             raise
         except ValueError as exc:
             errors = getattr(exc, "errors", None)
             first = errors()[0] if callable(errors) else None
             msg = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else str(exc).splitlines()[0]
-            raise InvalidInput(f"invalid registry configuration: {msg}") from exc
+            raise ConfigurationError(f"invalid registry configuration: {msg}") from exc

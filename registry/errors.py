@@ -49,3 +49,23 @@ class ContractViolation(RegistryError):
     promote and load."""
 
     exit_code = 7
+
+
+class ConfigurationError(RegistryError):
+    """Configuration the operator must fix before anything can run: POCKETGAN_REGISTRY unset or
+    malformed, no AWS credentials, credentials the store rejects."""
+
+    exit_code = 8
+
+
+class CredentialsError(ConfigurationError, RegistryUnreachable):
+    """No AWS credentials, or the store rejects them (InvalidAccessKeyId, SignatureDoesNotMatch,
+    AccessDenied, 403). Exit 8 like any configuration error; still a RegistryUnreachable for the
+    service, which keeps serving its verified cache while it cannot read the registry."""
+
+
+class ExecutionProviderUnavailable(RegistryError):
+    """An ONNX Runtime execution provider was asked for (e.g. CUDAExecutionProvider) and this
+    machine cannot run it: nothing is measured or served on another provider in its place."""
+
+    exit_code = 9

@@ -47,7 +47,9 @@ from pathlib import Path
 import click
 from pydantic import BaseModel, Field, SecretStr
 
+from registry.cli import json_report
 from registry.config import BUCKET_PATTERN
+from registry.errors import NotFound
 
 DEFAULT_ACCESS_KEY = "pocketgan"
 DEFAULT_BUCKET = "pocketgan"
@@ -558,7 +560,18 @@ _show_secret_option = click.option(
 )
 
 
+def _report(handle: LocalS3Handle, *, show_secret: bool, running: bool = True) -> dict:
+    """What `--json` prints: where the server is and the variables a client exports (the secret only
+    with --show-secret; otherwise the file that holds it)."""
+    env = handle.env()
+    if not show_secret:
+        env.pop("AWS_SECRET_ACCESS_KEY", None)
+    return {"running": running, "pid": handle.pid, "endpoint": handle.endpoint, "data_dir": str(handle.data_dir),
+            "secret_file": str(handle.secret_file), "env": env}
+
+
 @s3_cli.command("up")
+@json_report
 @_dir_option
 @click.option("--port", type=click.IntRange(1024, 55000), default=None, help="S3 port (default: a free one).")
 @click.option("--bucket", default=DEFAULT_BUCKET, show_default=True, help="Bucket to create.")
@@ -579,7 +592,7 @@ def s3_up(data_dir: Path, port: int | None, bucket: str, prefix: str, access_key
     if existing is not None:
         click.echo(f"# local S3 already running (pid {existing.pid}) at {existing.endpoint}", err=True)
         click.echo(export_lines(existing, show_secret=show_secret))
-        return
+        return _report(existing, show_secret=show_secret)
     try:
         handle = start_local_s3(data_dir, port, access_key, bucket)
     except LocalS3Error as exc:
@@ -589,28 +602,32 @@ def s3_up(data_dir: Path, port: int | None, bucket: str, prefix: str, access_key
     click.echo(f"# local S3 (SeaweedFS) running, pid {handle.pid}, endpoint {handle.endpoint}, data {handle.data_dir}", err=True)
     click.echo(f"# stop it with: pocketgan s3 down --dir {shlex.quote(str(handle.data_dir))}", err=True)
     click.echo(export_lines(handle, show_secret=show_secret))
+    return _report(handle, show_secret=show_secret)
 
 
 @s3_cli.command("down")
+@json_report
 @_dir_option
-def s3_down(data_dir: Path) -> None:
+def s3_down(data_dir: Path) -> dict:
     """Stop the server started by `pocketgan s3 up` (by the PID in its state file). Data and secret stay."""
     handle = read_state(data_dir)
     if handle is None:
-        raise click.ClickException(f"no local S3 state in {data_dir} (was `pocketgan s3 up` run with this --dir?)")
+        raise NotFound(f"no local S3 state in {data_dir} (was `pocketgan s3 up` run with this --dir?)")
     was_running = stop(handle.pid)
     (handle.data_dir / STATE_FILE).unlink(missing_ok=True)
     click.echo(f"stopped local S3 (pid {handle.pid})" if was_running else f"local S3 (pid {handle.pid}) was not running")
+    return {"pid": handle.pid, "was_running": was_running, "data_dir": str(handle.data_dir)}
 
 
 @s3_cli.command("status")
+@json_report
 @_dir_option
 @_show_secret_option
 def s3_status(data_dir: Path, show_secret: bool) -> None:
-    """Say whether the local server is running (exit 1 if not) and print its variables."""
+    """Say whether the local server is running (exit 4 "not found" if not) and print its variables."""
     handle = running(data_dir)
     if handle is None:
-        click.echo(f"local S3 not running (dir {data_dir})")
-        sys.exit(1)
+        raise NotFound(f"local S3 not running (dir {data_dir})")
     click.echo(f"# running, pid {handle.pid}, endpoint {handle.endpoint}", err=True)
     click.echo(export_lines(handle, show_secret=show_secret))
+    return _report(handle, show_secret=show_secret)

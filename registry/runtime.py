@@ -11,8 +11,11 @@ manifest's family, then to probing.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
+import io
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -20,21 +23,62 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
-from registry.errors import InvalidInput, NotFound
+from registry.errors import ExecutionProviderUnavailable, InvalidInput, NotFound
 
 META_SIZE_MULTIPLE = "pocketgan.size_multiple"
 META_FAMILY = "pocketgan.family"
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 FAMILY_SIZE_MULTIPLE = {"resnet": 4, "mobile-resnet": 4, "supernet": 4}
+CUDA_UNUSABLE = (
+    "CUDAExecutionProvider was asked for but is not usable here (a one-op test session could not run on it: no GPU, "
+    "or the CUDA 13 / cuDNN 9 libraries are missing: pip install 'pocketgan[gpu]'); use CPUExecutionProvider"
+)
 
 
+@functools.lru_cache(maxsize=1)
 def cuda_usable() -> bool:
-    """True if the CUDA EP is installed AND a GPU device node exists (onnxruntime-gpu lists CUDA
-    even on machines without a GPU; creating a session there only logs errors and falls back)."""
+    """True only if a real one-op test session runs on the CUDA EP here (once per process).
+
+    onnxruntime-gpu lists CUDAExecutionProvider on any machine, and without a GPU or without the
+    CUDA 13 / cuDNN 9 libraries (the `gpu` extra) creating a session only logs an error and falls
+    back to the CPU. So: build a session for a tiny Add graph with only the CUDA EP, and require
+    that the session kept CUDA and that the op ran. ORT's own failure log is silenced for the probe.
+    """
     if CUDA not in ort.get_available_providers():
         return False
-    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+    if importlib.util.find_spec("nvidia") is not None and hasattr(ort, "preload_dlls"):
+        # the nvidia-* wheels of the `gpu` extra: load their libraries so no LD_LIBRARY_PATH is needed
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+        except Exception:  # noqa: BLE001 - the session below decides
+            pass
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(_probe_model(), sess_options=opts, providers=[CUDA])
+        if session.get_providers()[0] != CUDA:
+            return False
+        x = np.array([1.5], np.float32)
+        return bool(session.run(None, {"x": x})[0][0] == 3.0)
+    except Exception:  # noqa: BLE001 - any failure means "not usable"
+        return False
+    finally:
+        ort.set_default_logger_severity(2)  # ORT's default (warnings)
+
+
+def _probe_model() -> bytes:
+    """A serialized ONNX graph y = x + x on a float[1] (built with the onnx package, no file)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "cuda_probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def default_providers() -> list[str]:
@@ -75,12 +119,19 @@ class OnnxGenerator:
         requested = providers if providers is not None else default_providers()
         unknown = [p for p in requested if p not in ort.get_available_providers()]
         if unknown:
-            raise InvalidInput(f"execution provider(s) {unknown} not available; have {ort.get_available_providers()}")
+            raise ExecutionProviderUnavailable(
+                f"execution provider(s) {unknown} not available in this onnxruntime; have {ort.get_available_providers()}")
+        if requested and requested[0] == CUDA and not cuda_usable():
+            raise ExecutionProviderUnavailable(CUDA_UNUSABLE)
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=requested)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise InvalidInput(f"{self.model_path}: cannot be loaded by onnxruntime: {str(exc).splitlines()[0]}") from exc
         self.providers: list[str] = list(self.session.get_providers())
+        if requested and self.providers[0] != requested[0]:  # ORT fell back silently: never measure/serve on it
+            raise ExecutionProviderUnavailable(
+                f"{self.model_path}: asked for {requested[0]}, onnxruntime gave {self.providers[0]}; nothing runs on a "
+                "provider that was not asked for")
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         self.input_name: str = inp.name

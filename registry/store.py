@@ -11,7 +11,7 @@ Every botocore failure becomes one registry error whose message names endpoint, 
 | NoSuchBucket                                    | NotFound (bucket)     | 4    |
 | 412 PreconditionFailed                          | Conflict              | 3    |
 | connection refused/timeout, 5xx after retries   | RegistryUnreachable   | 6    |
-| InvalidAccessKeyId, SignatureDoesNotMatch, 403, no credentials | RegistryUnreachable (credentials) | 6 |
+| InvalidAccessKeyId, SignatureDoesNotMatch, 403, no credentials | CredentialsError (configuration) | 8 |
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from registry.config import RegistrySettings
-from registry.errors import Conflict, InvalidInput, NotFound, RegistryError, RegistryUnreachable
+from registry.errors import Conflict, CredentialsError, InvalidInput, NotFound, RegistryError, RegistryUnreachable
 
 _CHUNK = 1 << 20
 
@@ -165,14 +165,14 @@ class S3ObjectStore(ObjectStore):
             if code in ("PreconditionFailed", "412") or status == 412:
                 raise Conflict(f"{op} {where}: precondition failed {at} (someone else changed it)") from exc
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken") or status == 403:
-                raise RegistryUnreachable(
+                raise CredentialsError(
                     f"{op} {where}: access denied {at} ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
                 ) from exc
             if status is not None and status >= 500:
                 raise RegistryUnreachable(f"{op} {where}: S3 error {status} {code} {at}") from exc
             raise RegistryError(f"{op} {where}: S3 error {code or status}: {err.get('Message', '')} {at}") from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
-            raise RegistryUnreachable(
+            raise CredentialsError(
                 f"{op} {where}: no AWS credentials ({exc}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
             ) from exc
         except (BotoConnectionError, HTTPClientError) as exc:

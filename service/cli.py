@@ -55,9 +55,11 @@ def serve_env(
 @click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(min=0.1), default=None, help="alias poll seconds")
 @click.option("--max-concurrency", type=click.IntRange(1), default=None, help="in-flight requests before 429")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=None, help="seconds before 504")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print where it serves as one JSON line on stdout; the server's own log goes to stderr.")
 def serve_cli(
     port: int, host: str, workers: int | None, tasks: tuple[str, ...], channel: str | None, hardware_tag: str | None,
-    poll_interval_s: float | None, max_concurrency: int | None, timeout_s: float | None,
+    poll_interval_s: float | None, max_concurrency: int | None, timeout_s: float | None, as_json: bool = False,
 ) -> None:
     """Run the translation service against the registry in POCKETGAN_REGISTRY (Ctrl-C stops it)."""
     from registry.names import validate_name
@@ -69,9 +71,14 @@ def serve_cli(
         poll_interval_s=poll_interval_s, max_concurrency=max_concurrency, timeout_s=timeout_s,
     )
     cmd = serve_command(port, host)
-    click.echo(f"serving on http://{host}:{port} (docs: /docs.json, metrics: /metrics)", err=True)
+    url = f"http://{host}:{port}"
+    click.echo(f"serving on {url} (docs: /docs.json, metrics: /metrics)", err=True)
+    if as_json:  # before the (long-running) server starts, so a script can read it at once
+        click.echo(json.dumps({"url": url, "docs": f"{url}/docs.json", "metrics": f"{url}/metrics",
+                               "readyz": f"{url}/readyz", "pid": os.getpid()}), nl=True)
+        sys.stdout.flush()
     try:
-        rc = subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+        rc = subprocess.call(cmd, env=env, cwd=REPO_ROOT, stdout=sys.stderr if as_json else None)
     except KeyboardInterrupt:
         rc = 130
     raise SystemExit(rc)

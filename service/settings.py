@@ -17,7 +17,7 @@ import yaml
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from registry.errors import InvalidInput
 from registry.names import validate_name as _validate_name
@@ -235,7 +235,7 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        return (init_settings, env_settings, *_yaml_source(settings_cls))
 
 
 def _split_list(v: Any) -> Any:
@@ -250,17 +250,16 @@ def _split_list(v: Any) -> Any:
     return v
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    """Lowest-priority source: the YAML file named by POCKETGAN_SERVICE_CONFIG, if any."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("POCKETGAN_SERVICE_CONFIG")
-        if not path:
-            return {}
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: service config must be a YAML mapping")
-        return data
+def _yaml_source(settings_cls: type[BaseSettings]) -> tuple[PydanticBaseSettingsSource, ...]:
+    """Lowest-priority source: pydantic-settings' YAML source for the file named by
+    POCKETGAN_SERVICE_CONFIG, if set. A named file that is missing, malformed or not a mapping is an
+    error (pydantic-settings alone would skip a missing file silently)."""
+    path = os.environ.get("POCKETGAN_SERVICE_CONFIG")
+    if not path:
+        return ()
+    if not Path(path).is_file():
+        raise ValueError(f"POCKETGAN_SERVICE_CONFIG={path}: no such file")
+    try:
+        return (YamlConfigSettingsSource(settings_cls, yaml_file=path),)
+    except (TypeError, ValueError, yaml.YAMLError) as exc:  # a list or scalar document, or not YAML at all
+        raise ValueError(f"{path}: service config must be a YAML mapping ({type(exc).__name__})") from None

@@ -96,8 +96,8 @@ def test_report_lists_every_method_and_unavailable_ones_honestly(compared):
         assert f"| {r.method} int8 | {r.winner} | `{r.int8}` | int8 |" in report
     from PIL import Image
 
-    with Image.open(root / "pareto.png") as img:
-        assert img.size == (900, 600)
+    with Image.open(root / "pareto.png") as img:  # matplotlib: the MACs panel, plus a latency panel when profiled
+        assert img.size in ((900, 600), (1800, 600))
 
 
 def test_status_cli_reads_the_method_of_a_run(compared):

@@ -78,3 +78,46 @@ def test_cross_check_with_onnx_graph_counter(tmp_path):
     # both default to the published (torchprofile) convention; "exact" agrees too
     assert stats.macs == count_macs(model, 64)
     assert onnx_stats(tmp_path / "m.onnx", resolution=64, transposed="exact").macs == count_macs(model, 64, transposed="exact")
+
+
+def _torchprofile_conv_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """MACs of convolutions and linear layers as torchprofile counts them (its other counts, e.g.
+    norms and elementwise muls, are outside our convention)."""
+    import warnings
+
+    from torchprofile import profile_macs
+
+    with warnings.catch_warnings():  # torch.jit.trace deprecation and "no handler" notes
+        warnings.simplefilter("ignore")
+        per_node = profile_macs(model.eval(), x, reduction=None)
+    counted = ("aten::_convolution", "aten::linear", "aten::addmm", "aten::matmul")
+    return sum(v for node, v in per_node.items() if node.operator in counted)
+
+
+class _WithConfig(nn.Module):
+    """torchprofile traces positional args only: bind the supernet's sub-network config."""
+
+    def __init__(self, net: nn.Module, config: ChannelConfig) -> None:
+        super().__init__()
+        self.net, self.config = net, config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, config=self.config)
+
+
+def test_cross_check_with_torchprofile():
+    """The hook counter agrees exactly with torchprofile (the library GAN Compression used for its
+    published figures) on every generator family, transposed convs and sub-networks included, at a
+    non-square size."""
+    from compression_jobs.models import unet_generator
+
+    torch.manual_seed(0)
+    net = supernet(ngf=16, n_blocks=3)
+    cfg = ChannelConfig.parse("8_16_32_16_32_48_16_8")
+    cases = [(resnet_generator(ngf=16, n_blocks=3), {}), (unet_generator(num_downs=6, ngf=8), {}),
+             (mobile_resnet_generator("8_8_16_8_16_16_8_8", n_blocks=3), {}), (net, {"config": cfg})]
+    for model, fwd in cases:
+        h, w = (64, 64) if fwd or getattr(model, "size_multiple", 4) > 4 else (64, 96)
+        ours = count_macs(model, h, w, forward_kwargs=fwd)
+        traced = _WithConfig(model, cfg) if fwd else model
+        assert ours == _torchprofile_conv_macs(traced, torch.zeros(1, 3, h, w)), type(model).__name__

@@ -56,17 +56,50 @@ def _kustomization() -> dict:
     return yaml.safe_load((K8S / "kustomization.yaml").read_text())
 
 
-def _docs() -> list[dict]:
-    docs = []
-    for name in _kustomization()["resources"]:
-        docs += [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+def _render(directory: Path) -> list[dict]:
+    """Offline kustomize for what deploy/k8s uses: `resources` (files, or directories with their own
+    kustomization), `components`, JSON 6902 `patches` with a kind (and name) target, `nameSuffix`.
+    The top level's namespace, labels and images are left to the kubectl test, which also checks
+    that this rendering of the profile Jobs matches kustomize's."""
+    import jsonpatch
+
+    k = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs: list[dict] = []
+    for entry in k.get("resources", []):
+        path = directory / entry
+        docs += _render(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+    def patched(kustomization: dict, docs: list[dict]) -> list[dict]:
+        for p in kustomization.get("patches", []):
+            ops, target = yaml.safe_load(p["patch"]), p["target"]
+            assert isinstance(ops, list), "only JSON 6902 patches are rendered offline"
+            docs = [jsonpatch.apply_patch(d, ops) if d["kind"] == target["kind"]
+                    and target.get("name", d["metadata"]["name"]) == d["metadata"]["name"] else d for d in docs]
+        return docs
+
+    for component in k.get("components", []):
+        comp = yaml.safe_load((directory / component / "kustomization.yaml").read_text())
+        assert comp["kind"] == "Component" and not comp.get("resources")
+        docs = patched(comp, docs)
+    docs = patched(k, docs)
+    for d in docs:
+        d["metadata"]["name"] = k.get("namePrefix", "") + d["metadata"]["name"] + k.get("nameSuffix", "")
     return docs
+
+
+def _docs() -> list[dict]:
+    return _render(K8S)
 
 
 def _one(kind: str, docs: list[dict] | None = None) -> dict:
     found = [d for d in (docs or _docs()) if d["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
+
+
+def _jobs(docs: list[dict] | None = None) -> list[dict]:
+    """The profile Jobs, one per device pool (deploy/k8s/profile)."""
+    return [d for d in (docs or _docs()) if d["kind"] == "Job"]
 
 
 def _validate(doc: dict) -> None:
@@ -85,7 +118,12 @@ def _selects(selector: dict, labels: dict) -> bool:
 
 
 def _pod(kind: str) -> dict:
-    return _one(kind)["spec"]["template"]
+    """The pod template of the Deployment, or of the first profile Job (the broken-copy cases)."""
+    return (_jobs()[0] if kind == "Job" else _one(kind))["spec"]["template"]
+
+
+def _pods(kind: str) -> list[dict]:
+    return [j["spec"]["template"] for j in _jobs()] if kind == "Job" else [_pod(kind)]
 
 
 # ----------------------------------------------------------------------------- schemas
@@ -93,11 +131,15 @@ def _pod(kind: str) -> dict:
 
 def test_kustomization_lists_every_manifest() -> None:
     listed = set(_kustomization()["resources"])
-    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    present = ({p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}) | {
+        d.name for d in K8S.iterdir() if (d / "kustomization.yaml").is_file()}
     assert listed == present
+    pools = yaml.safe_load((K8S / "profile" / "kustomization.yaml").read_text())["resources"]
+    assert len(pools) >= 2 and {p.split("/")[0] for p in pools} == {"pools"}
+    assert {p.name for p in (K8S / "profile" / "pools").iterdir()} == {p.split("/")[1] for p in pools}  # all listed
     kinds = sorted(d["kind"] for d in _docs())
     assert kinds == sorted(["Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
-                            "PodDisruptionBudget", "ServiceMonitor", "Job", "NetworkPolicy", "NetworkPolicy"])
+                            "PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy", "NetworkPolicy", *["Job"] * len(pools)])
 
 
 @pytest.mark.parametrize("doc", _docs(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
@@ -151,10 +193,11 @@ def test_selectors_ports_and_targets_agree() -> None:
     assert _selects({"matchLabels": svc["spec"]["selector"]}, pod_labels)
     assert _selects(pdb["spec"]["selector"], pod_labels)
     assert not _selects({"matchLabels": {**svc["spec"]["selector"], "app.kubernetes.io/name": "other"}}, pod_labels)
-    # the profile Job's pods must not be picked up by the Service or the PDB
-    job_labels = _pod("Job")["metadata"]["labels"]
-    assert not _selects({"matchLabels": svc["spec"]["selector"]}, job_labels)
-    assert not _selects(pdb["spec"]["selector"], job_labels)
+    # the profile Jobs' pods must not be picked up by the Service or the PDB
+    for job in _pods("Job"):
+        job_labels = job["metadata"]["labels"]
+        assert not _selects({"matchLabels": svc["spec"]["selector"]}, job_labels)
+        assert not _selects(pdb["spec"]["selector"], job_labels)
 
     container = dep["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -218,8 +261,7 @@ def test_env_names_exist_in_the_code_and_references_resolve() -> None:
     assert "POCKETGAN_SERVICE_TASKS" in allowed and "POCKETGAN_REGISTRY" in allowed  # the scan works
     assert "POCKETGAN_SERVICE_TYPO" not in allowed
     container_md = (REPO / "deploy" / "container.md").read_text()
-    for kind in ("Deployment", "Job"):
-        pod = _pod(kind)
+    for kind, pod in [(kind, pod) for kind in ("Deployment", "Job") for pod in _pods(kind)]:
         unknown = sorted(set(_env_names(pod, cm)) - allowed)
         assert not unknown, f"{kind}: env variables no code reads: {unknown}"
         for c in pod["spec"]["containers"]:
@@ -262,16 +304,26 @@ def test_profile_job_runs_a_real_pocketgan_profile_command() -> None:
     from pocketgan.cli import cli as pocketgan_cli
     from registry.names import validate_name
 
-    pod = _pod("Job")
-    c = pod["spec"]["containers"][0]
-    assert c["command"] == ["pocketgan"] and c["args"][0] == "profile"
     assert pocketgan_cli.get_command(click.Context(pocketgan_cli), "profile") is profile_cli
-    ctx = profile_cli.make_context("profile", list(c["args"][1:]))
-    assert ctx.params["promoted"] and ctx.params["task"] == TASK
-    validate_name(ctx.params["hardware_tag"], "hardware tag")
-    assert pod["spec"]["nodeSelector"] and pod["spec"]["tolerations"]
-    assert pod["spec"]["restartPolicy"] == "Never"
-    assert "nvidia.com/gpu" in c["resources"]["limits"]
+    jobs = _jobs()
+    assert len({j["metadata"]["name"] for j in jobs}) == len(jobs) >= 2
+    tags = set()
+    for job in jobs:
+        pod = job["spec"]["template"]
+        c = pod["spec"]["containers"][0]
+        assert c["command"] == ["pocketgan"] and c["args"][0] == "profile"
+        ctx = profile_cli.make_context("profile", list(c["args"][1:]))
+        assert ctx.params["promoted"] and ctx.params["task"] == TASK
+        tag, provider = validate_name(ctx.params["hardware_tag"], "hardware tag"), ctx.params["provider"]
+        tags.add(tag)
+        assert job["metadata"]["name"].startswith("pocketgan-profile-")
+        assert pod["spec"]["nodeSelector"] and pod["spec"]["restartPolicy"] == "Never"
+        on_gpu = provider == "CUDAExecutionProvider"
+        # the tag names the device the session runs on (profile refuses a mismatch, exit 9)
+        assert provider in ("CUDAExecutionProvider", "CPUExecutionProvider") and tag.startswith("cuda-" if on_gpu else "cpu-")
+        assert ("nvidia.com/gpu" in c["resources"]["limits"]) == on_gpu == bool(pod["spec"].get("tolerations"))
+        assert c["image"] == ("pocketgan-jobs-gpu" if on_gpu else "pocketgan-jobs")
+    assert len(tags) == len(jobs)  # one Job per pool, each with its own tag
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (optional: renders the kustomization)")
@@ -288,6 +340,13 @@ def test_kubectl_kustomize_renders_the_set() -> None:
     images = {c["image"] for d in rendered if d["kind"] in ("Deployment", "Job")
               for c in d["spec"]["template"]["spec"]["containers"]}
     assert images == {f"{i['newName']}:{i['newTag']}" for i in _kustomization()["images"]}
+    # the offline rendering the other tests check is what kustomize renders (image names aside)
+    offline = {j["metadata"]["name"]: j["spec"] for j in _jobs()}
+    by_kubectl = {d["metadata"]["name"]: copy.deepcopy(d["spec"]) for d in rendered if d["kind"] == "Job"}
+    for spec in by_kubectl.values():
+        for c in spec["template"]["spec"]["containers"]:
+            c["image"] = next(i["name"] for i in _kustomization()["images"] if c["image"] == f"{i['newName']}:{i['newTag']}")
+    assert by_kubectl == offline
 
 
 # ----------------------------------------------------------------------------- hardening
@@ -355,7 +414,8 @@ def _hardening_problems(pod: dict, configmap: dict, writable_env: tuple[str, ...
 
 @pytest.mark.parametrize("kind", sorted(WRITABLE_ENV))
 def test_pods_are_hardened(kind: str) -> None:
-    assert _hardening_problems(_pod(kind), _one("ConfigMap"), WRITABLE_ENV[kind]) == []
+    for pod in _pods(kind):
+        assert _hardening_problems(pod, _one("ConfigMap"), WRITABLE_ENV[kind]) == []
 
 
 def _broken_hardening() -> list[tuple[str, str, dict, str]]:
@@ -459,8 +519,7 @@ def _policies_selecting(labels: dict, docs: list[dict] | None = None) -> list[di
 def test_network_policies_allow_only_what_the_pods_need() -> None:
     docs = _docs()
     s3 = _s3_destination(_one("ConfigMap", docs))
-    for kind in ("Deployment", "Job"):
-        pod = _pod(kind)
+    for kind, pod in [(kind, pod) for kind in ("Deployment", "Job") for pod in _pods(kind)]:
         policies = _policies_selecting(pod["metadata"]["labels"], docs)
         assert len(policies) == 1, f"{kind}: {len(policies)} NetworkPolicies select its pods"
         ports = pod["spec"]["containers"][0].get("ports")
@@ -639,7 +698,8 @@ def test_profile_job_runs_on_a_read_only_root_with_only_its_emptydirs_writable(
     art, manifest, _ = make_artifact(tmp_path / "artifacts", 8, 0, None)
     registry.publish_dir(art)
     registry.promote(TASK, "production", [manifest.artifact_id])
-    args, replace = [], {"--provider": "CPUExecutionProvider", "--resolution": "16", "--runs": "2"}
+    args, replace = [], {"--provider": "CPUExecutionProvider", "--resolution": "16", "--runs": "2",
+                         "--hardware-tag": "cpu-read-only-test"}  # a cuda-* tag on the CPU is refused (exit 9)
     for i, a in enumerate(container["args"]):
         prev = container["args"][i - 1] if i else None
         args.append(replace.get(prev, a))

@@ -101,7 +101,7 @@ def test_s3_up_status_down_restart(tmp_path: Path) -> None:
         # credentials are enforced, and the old fixed default secret is not accepted
         for wrong in ("wrong", "pocketgan-secret"):
             bad = _run("registry", "ls", env={**client_env, "AWS_SECRET_ACCESS_KEY": wrong})
-            assert bad.returncode == 6 and "access denied" in bad.stderr
+            assert bad.returncode == 8 and "access denied" in bad.stderr  # credentials: configuration, not "unreachable"
 
         status = _run("s3", "status", "--dir", str(data_dir), env=env)
         assert status.returncode == 0 and exports["POCKETGAN_S3_ENDPOINT"] in status.stdout
@@ -118,7 +118,7 @@ def test_s3_up_status_down_restart(tmp_path: Path) -> None:
         assert down.returncode == 0, down.stderr
         assert not _alive(state.pid)
         assert read_state(data_dir) is None
-        assert _run("s3", "status", "--dir", str(data_dir), env=env).returncode == 1
+        assert _run("s3", "status", "--dir", str(data_dir), env=env).returncode == 4  # not found: nothing running
         assert _run("s3", "down", "--dir", str(data_dir), env=env).returncode != 0
 
         # a restart on the same dir reuses its secret: clients keep working, data is still there

@@ -98,3 +98,25 @@ def test_profile_promoted_set_only(registry, registry_env, artifact_dir, tmp_pat
     printed = json.loads(run.stdout)
     assert [p["artifact_id"] for p in printed] == [promoted] and printed[0]["written"] is False
     assert other != promoted and registry.list(hardware_tag=printed[0]["hardware_tag"]) == []  # dry run wrote nothing
+
+
+def test_cuda_profile_where_cuda_is_not_usable_fails_and_writes_nothing(registry, registry_env, artifact_dir):
+    """Asking for the CUDA EP on a machine where it cannot run (no GPU, or no CUDA 13/cuDNN 9) is an
+    error with its own exit code, and no profile is written; nor can a CPU run carry a cuda tag."""
+    from registry.errors import ExecutionProviderUnavailable
+    from registry.runtime import CUDA, cuda_usable
+
+    if cuda_usable():
+        pytest.skip("CUDA really works here: the refusal path needs a machine without it")
+    with pytest.raises(ExecutionProviderUnavailable, match="not usable here|not available"):
+        profile_model(artifact_dir / "model.onnx", resolutions=[(16, 16)], runs=1, warmup=0, provider=CUDA, progress=False)
+    aid = registry.publish_dir(artifact_dir).manifest.artifact_id
+    base = [sys.executable, "-m", "pocketgan", "profile", aid, "--resolution", "16", "--runs", "2", "--warmup", "0", "--threads", "1"]
+    for extra in (["--provider", CUDA, "--hardware-tag", "cuda-sm90"], ["--provider", CUDA],
+                  ["--provider", "CPUExecutionProvider", "--hardware-tag", "cuda-sm90"], ["--hardware-tag", "cuda-sm90"]):
+        run = subprocess.run([*base, *extra, "--json"], env=registry_env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 9, (extra, run.returncode, run.stderr)
+        assert run.stdout == "" and run.stderr.startswith("error: ") and "Traceback" not in run.stderr
+        assert "weights_only" not in run.stderr
+    assert registry.get_manifest(aid).profiles == []
+    assert registry.list(hardware_tag="cuda-sm90") == []

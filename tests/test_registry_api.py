@@ -12,7 +12,7 @@ import pytest
 from registry.artifact import build_manifest, sha256_file, write_manifest
 from registry.client import Registry
 from registry.config import RegistrySettings
-from registry.errors import Conflict, IntegrityError, InvalidInput, NotFound, RegistryUnreachable
+from registry.errors import ConfigurationError, Conflict, CredentialsError, IntegrityError, InvalidInput, NotFound, RegistryUnreachable
 from registry.manifest import Architecture, HardwareProfile, LatencyMeasurement, Quality
 from registry.onnx_stats import onnx_stats
 
@@ -351,8 +351,9 @@ def test_unreachable_and_missing_bucket(registry_settings, s3_server) -> None:
         with pytest.raises(NotFound, match="bucket no-such-bucket-here does not exist"):
             call()
     wrong_key = Registry(registry_settings.model_copy(update={"secret_access_key": "wrong"}))
-    with pytest.raises(RegistryUnreachable, match="access denied"):
+    with pytest.raises(CredentialsError, match="access denied") as denied:
         wrong_key.list()
+    assert denied.value.exit_code == 8 and isinstance(denied.value, RegistryUnreachable)  # the service's offline path
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -365,10 +366,10 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         "my-bucket", "team/models", "http://127.0.0.1:1234", "eu-west-1", tmp_path
     )
     monkeypatch.setenv("POCKETGAN_REGISTRY", "s3://my-bucket/../etc")
-    with pytest.raises(InvalidInput):
+    with pytest.raises(ConfigurationError):  # configuration, exit 8 (not a usage error)
         RegistrySettings.from_env()
     monkeypatch.delenv("POCKETGAN_REGISTRY")
-    with pytest.raises(InvalidInput, match="pocketgan s3 up"):
+    with pytest.raises(ConfigurationError, match="pocketgan s3 up"):
         Registry(RegistrySettings.from_env())
 
 

@@ -166,13 +166,13 @@ def test_cli_invalid_names_exit_2(registry_env: dict[str, str], tiny_onnx: Path,
     run(registry_env, "registry", "ls", "--hardware-tag", bad, expect=2)
 
 
-def test_cli_usage_errors_exit_2(registry_env: dict[str, str], tiny_onnx: Path) -> None:
+def test_cli_usage_errors_exit_2_and_configuration_8(registry_env: dict[str, str], tiny_onnx: Path) -> None:
     assert "--task and --method" in run(registry_env, "registry", "publish", str(tiny_onnx), expect=2).stderr
     run(registry_env, "registry", "promote", "--task", "facades", expect=2)
     run(registry_env, "registry", "ls", "--no-such-flag", expect=2)
     run(registry_env, "registry", "promote", "--task", "facades", "--channel", "p", "x", "--expect-revision", "abc", expect=2)
     env = {k: v for k, v in registry_env.items() if k != "POCKETGAN_REGISTRY"}
-    msg = _one_line_error(run(env, "registry", "ls", expect=2))
+    msg = _one_line_error(run(env, "registry", "ls", expect=8))  # configuration: its own exit code
     assert "POCKETGAN_REGISTRY is not set" in msg and "pocketgan s3 up" in msg
 
 

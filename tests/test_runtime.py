@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from registry.errors import InvalidInput, NotFound
+from registry.errors import ExecutionProviderUnavailable, InvalidInput, NotFound
 from registry.runtime import OnnxGenerator, detect_hardware_tag, image_to_tensor, target_size, tensor_to_image, to_rgb
 from registry.names import validate_name
 
@@ -38,7 +38,7 @@ def test_generator_rejects_bad_inputs(tiny_onnx, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(InvalidInput, match="cannot be loaded"):
         OnnxGenerator(tmp_path / "junk.onnx")
-    with pytest.raises(InvalidInput, match="not available"):
+    with pytest.raises(ExecutionProviderUnavailable, match="not available"):
         OnnxGenerator(tiny_onnx, providers=["NoSuchExecutionProvider"])
 
 
@@ -111,3 +111,30 @@ def test_hardware_tag_is_a_valid_name():
     tag = detect_hardware_tag("CPUExecutionProvider")
     validate_name(tag, "hardware tag")
     assert re.fullmatch(r"cpu-(x86_64(-avx512|-avx2)?|arm64|[a-z0-9._-]+)", tag)
+
+
+def test_cuda_usable_is_a_real_session_and_cuda_is_refused_where_it_is_not(tiny_onnx):
+    """cuda_usable() runs a one-op session on the CUDA EP; asking for CUDA where that fails raises
+    instead of silently running on the CPU (onnxruntime-gpu would fall back with exit 0)."""
+    import onnxruntime as ort
+
+    from registry.runtime import CUDA, cuda_usable, default_providers
+
+    usable = cuda_usable()
+    assert default_providers()[0] == (CUDA if usable else "CPUExecutionProvider")
+    if CUDA in ort.get_available_providers():  # onnxruntime-gpu: what ORT itself does with CUDA asked for
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        ort.set_default_logger_severity(4)
+        try:
+            got = ort.InferenceSession(str(tiny_onnx), sess_options=opts, providers=[CUDA]).get_providers()[0]
+        finally:
+            ort.set_default_logger_severity(2)
+        assert (got == CUDA) == usable
+    if usable:
+        assert OnnxGenerator(tiny_onnx, providers=[CUDA]).provider == CUDA
+        assert detect_hardware_tag(CUDA).startswith("cuda")
+    else:
+        with pytest.raises(ExecutionProviderUnavailable, match="not usable here|not available"):
+            OnnxGenerator(tiny_onnx, providers=[CUDA])
+        assert detect_hardware_tag().startswith("cpu-")

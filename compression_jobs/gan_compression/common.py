@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import sys
 from pathlib import Path
@@ -43,7 +44,10 @@ def load_state(path: Path) -> dict:
     """Load a state dict with weights_only=True (never unpickle arbitrary objects)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's message advises weights_only=False: never relay that
+        raise ValueError(f"{path}: not a state-dict checkpoint (it holds pickled objects other than tensors)") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return {k.removeprefix("module."): v for k, v in state.items()}
