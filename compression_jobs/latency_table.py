@@ -236,13 +236,17 @@ class TableLatencyModel:
 
     @classmethod
     def for_space(cls, table: OpTable, space: ChannelSpace, n_blocks: int, *, resolution: int | None = None,
-                  input_nc: int = 3, output_nc: int = 3) -> "TableLatencyModel":
-        """Check up front that `table` covers every config of `space` at `resolution`."""
+                  input_nc: int = 3, output_nc: int = 3, fast_graph: bool | None = None) -> "TableLatencyModel":
+        """Check up front that `table` covers every config of `space` at `resolution`, exported the same way."""
         if table.family != FAMILY:
             raise ValueError(f"op table for {table.hardware_tag!r} describes {table.family!r}, not {FAMILY!r}")
         if resolution is not None and table.resolution != resolution:
             raise ValueError(f"op table for {table.hardware_tag!r} was measured at {table.resolution}x{table.resolution}; "
                              f"the search needs {resolution}x{resolution} (re-run profile-ops with --resolution {resolution})")
+        if fast_graph is not None and bool(table.export.get("fast", False)) != fast_graph:
+            flag = "--fast-graph" if fast_graph else "--plain-graph"
+            raise ValueError(f"op table for {table.hardware_tag!r} was measured with fast_graph={table.export.get('fast')}, "
+                             f"the job exports fast_graph={fast_graph} (re-run profile-ops with {flag})")
         design = table.design
         if design.get("input_nc", input_nc) != input_nc or design.get("output_nc", output_nc) != output_nc:
             raise ValueError(f"op table for {table.hardware_tag!r} is for {design.get('input_nc')}->{design.get('output_nc')} "

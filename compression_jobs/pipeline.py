@@ -240,7 +240,8 @@ def _fit_latency(ctx: Context, sn: SuperMobileResnetGenerator, out: Path) -> Lat
     table = fetch_table(ctx.registry, tag, required=tag != here)
     if table is not None:
         return TableLatencyModel.for_space(table, sn.space, sn.n_blocks, resolution=ctx.job.export.resolution,
-                                           input_nc=sn.input_nc, output_nc=sn.output_nc)
+                                           input_nc=sn.input_nc, output_nc=sn.output_nc,
+                                           fast_graph=ctx.job.export.fast_graph)
     space = sn.space
     rng = __import__("random").Random(ctx.job.seed)
     configs = [space.smallest(), space.largest()]
@@ -263,7 +264,8 @@ def _measure(ctx: Context, model: torch.nn.Module, folder: Path) -> float:
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
-    export_onnx(model, path, resolution=ctx.job.export.resolution, opset=ctx.job.export.opset)
+    export_onnx(model, path, resolution=ctx.job.export.resolution, opset=ctx.job.export.opset,
+                fast_graph=ctx.job.export.fast_graph)
     r = ctx.job.export.resolution
     prof = profile_model(path, resolutions=[(r, r)], runs=ctx.job.export.profile_runs,
                          threads=ctx.job.export.profile_threads, provider=_provider(ctx.job), progress=False)
@@ -380,7 +382,8 @@ def stage_export(ctx: Context, out: Path) -> dict:
 
     def one(model: torch.nn.Module, folder: Path, method: str, parent: str | None, quality, extra: dict) -> str:
         manifest = export_artifact(model, folder, task=job.task, method=method, parent=parent, quality=quality,
-                                   job={**job_info, **extra}, opset=job.export.opset, resolution=r)
+                                   job={**job_info, **extra}, opset=job.export.opset, resolution=r,
+                                   fast_graph=job.export.fast_graph)
         if job.export.profile:
             manifest = add_profile(job, folder, manifest)
         return manifest.artifact_id

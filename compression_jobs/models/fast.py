@@ -86,11 +86,12 @@ class SpaceToDepthConv2d(nn.Module):
         return F.pixel_shuffle(F.conv2d(x, self.weight, self.bias, stride=2), 2)
 
 
-def fast_inference_copy(model: nn.Module, *, upsample: bool = True, head: bool = True) -> nn.Module:
+def fast_inference_copy(model: nn.Module, *, upsample: bool = False, head: bool = True) -> nn.Module:
     """A deep copy of `model` (eval) with the rewrites above applied where their shapes match.
 
-    `upsample`: stride-2 3x3 transposed convs -> sub-pixel convs. `head`: the last dense
-    7x7 conv with fewer than 8 output channels -> space-to-depth conv.
+    `upsample`: stride-2 3x3 transposed convs -> sub-pixel convs (off by default: measured no faster
+    on ORT's CPU EP, see benchmarks/latency_vs_macs.py). `head`: the last dense conv of kernel >= 5
+    with fewer than 8 output channels -> space-to-depth conv.
     """
     out = copy.deepcopy(model).eval()
     # named_modules() is a pre-order walk: `slots` lists layers in forward order for sequential models
