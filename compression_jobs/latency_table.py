@@ -45,7 +45,8 @@ from registry.optables import OpTable
 
 FAMILY = "mobile-resnet"
 SEGMENTS: tuple[str, ...] = ("stem", "down1", "down2", "block", "up1", "up2", "head")
-_SESSION_GROUP = 24  # sessions alive at once while measuring (bounds memory on big spaces)
+SESSION_GROUP = 24
+"""Sessions alive at once while measuring a table (bounds memory on big spaces and small devices)."""
 
 
 def block_keys(config: ChannelConfig | str | Sequence[int], n_blocks: int) -> list[str]:
@@ -125,14 +126,16 @@ def measurement_session_options(threads: int | None) -> ort.SessionOptions:
 
 
 def measure_interleaved(paths: dict[str, Path], shapes: dict[str, tuple[int, ...]], *, threads: int | None,
-                        provider: str, runs: int, warmup: int,
-                        on_round: Callable[[], None] | None = None) -> dict[str, float]:
-    """p50 ms per model, every model run once per round (groups of sessions to bound memory)."""
+                        provider: str, runs: int, warmup: int, on_round: Callable[[], None] | None = None,
+                        group_size: int = SESSION_GROUP) -> dict[str, float]:
+    """p50 ms per model, every model run once per round, `group_size` sessions alive at a time
+    (bounds memory; 0 = all at once, so every model sees the same load)."""
     result: dict[str, float] = {}
     names = list(paths)
     rng = np.random.default_rng(0)
-    for start in range(0, len(names), _SESSION_GROUP):
-        group = names[start:start + _SESSION_GROUP]
+    step = group_size if group_size > 0 else max(1, len(names))
+    for start in range(0, len(names), step):
+        group = names[start:start + step]
         sessions = {n: ort.InferenceSession(str(paths[n]), measurement_session_options(threads), providers=[provider])
                     for n in group}
         inputs = {n: rng.uniform(-1, 1, size=shapes[n]).astype(np.float32) for n in group}
@@ -178,8 +181,15 @@ def profile_ops(
     input_nc: int = 3,
     output_nc: int = 3,
     progress: Callable[[str, int], Callable[[], None]] | None = None,
+    group_size: int = SESSION_GROUP,
+    also_measure: dict[str, tuple[Path, tuple[int, ...]]] | None = None,
+    also_measured: dict[str, float] | None = None,
 ) -> OpTable:
-    """Measure every block shape of `space` (and `calibrate` whole networks) on this device."""
+    """Measure every block shape of `space` (and `calibrate` whole networks) on this device.
+
+    `also_measure` (name -> ONNX path, input shape): more models measured in the same rounds,
+    their p50 ms written into `also_measured` (benchmarks: the same load as the table).
+    """
     if resolution <= 0 or resolution % 4:
         raise ValueError(f"resolution must be a positive multiple of 4, got {resolution}")
     if runs < 1 or warmup < 0:
@@ -203,10 +213,14 @@ def profile_ops(
             paths[name] = export_fixed(inference_graph(net, fast_export), shapes[name], Path(tmp) / f"net{i}.onnx")
             if tick:
                 tick()
-        n_groups = -(-len(paths) // _SESSION_GROUP)
+        for name, (path, shape) in (also_measure or {}).items():
+            paths[f"extra/{name}"], shapes[f"extra/{name}"] = path, shape
+        n_groups = -(-len(paths) // group_size) if group_size > 0 else 1
         on_round = progress("measure (rounds)", runs * n_groups) if progress else None
         p50 = measure_interleaved(paths, shapes, threads=threads, provider=provider, runs=runs, warmup=warmup,
-                                  on_round=on_round)
+                                  on_round=on_round, group_size=group_size)
+    if also_measured is not None:
+        also_measured.update({n: p50[f"extra/{n}"] for n in also_measure or {}})
     entries = {k: round(p50[k], 5) for k in keys}
     calibration = []
     for cfg in calib:
