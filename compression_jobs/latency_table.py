@@ -16,6 +16,11 @@ config: an exact lookup, no fitting in MACs, and usable for a device the search 
 Sessions are built by :func:`measurement_session_options`: the service runtime's options plus
 ``session.intra_op.allow_spinning = 0``. With spinning on, the idle thread pools of the other
 sessions in the loop keep spinning and steal the cores (measured: ~4x slower entries on 2 cores).
+
+Each block alone also pays feeding its input and fetching its output, which a block inside a
+network does not: a one-``Relu`` graph of the same input shape is measured in the same rounds
+and subtracted. The calibration networks then fit ``whole ≈ intercept + scale * sum(blocks)``
+(least squares; the intercept is the per-network input/output and run cost).
 """
 
 from __future__ import annotations
@@ -153,7 +158,34 @@ def measure_interleaved(paths: dict[str, Path], shapes: dict[str, tuple[int, ...
     return result
 
 
-def calibration_configs(space: ChannelSpace, seed: int = 0, n: int = 3) -> list[ChannelConfig]:
+def io_model(shape: tuple[int, ...], path: Path) -> Path:
+    """A one-Relu graph: what feeding an input of `shape` and fetching an output of it costs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "io",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def fit_calibration(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(intercept, scale) with measured ≈ intercept + scale * summed; a ratio when a line does not fit."""
+    if not points:
+        return 0.0, 1.0
+    summed = np.array([p[0] for p in points])
+    measured = np.array([p[1] for p in points])
+    if len(points) >= 3 and np.ptp(summed) > 0:
+        scale, intercept = np.polyfit(summed, measured, 1)
+        if scale > 0 and intercept >= 0:
+            return float(intercept), float(scale)
+    return 0.0, float(np.median(measured / summed))
+
+
+def calibration_configs(space: ChannelSpace, seed: int = 0, n: int = 4) -> list[ChannelConfig]:
     """Smallest, largest and random configs of `space` (distinct), measured whole to fit `scale`."""
     configs = [space.smallest(), space.largest()]
     rng = random.Random(seed)
@@ -177,7 +209,7 @@ def profile_ops(
     runs: int = 10,
     warmup: int = 2,
     fast_export: bool = True,
-    calibrate: int = 3,
+    calibrate: int = 4,
     input_nc: int = 3,
     output_nc: int = 3,
     progress: Callable[[str, int], Callable[[], None]] | None = None,
@@ -206,6 +238,10 @@ def profile_ops(
             paths[key] = export_fixed(inference_graph(seg, fast_export), shapes[key], Path(tmp) / f"op{i}.onnx")
             if tick:
                 tick()
+        for shape in sorted({shapes[k] for k in keys}):
+            name = "io/" + "x".join(map(str, shape))
+            shapes[name] = shape
+            paths[name] = io_model(shape, Path(tmp) / f"io{len(paths)}.onnx")
         for i, cfg in enumerate(calib):
             name = f"net/{cfg}"
             net = MobileResnetGenerator(cfg, n_blocks=n_blocks, input_nc=input_nc, output_nc=output_nc)
@@ -221,25 +257,26 @@ def profile_ops(
                                   on_round=on_round, group_size=group_size)
     if also_measured is not None:
         also_measured.update({n: p50[f"extra/{n}"] for n in also_measure or {}})
-    entries = {k: round(p50[k], 5) for k in keys}
+    io = {k: p50["io/" + "x".join(map(str, shapes[k]))] for k in keys}
+    entries = {k: round(max(p50[k] - io[k], 0.0), 5) for k in keys}
     calibration = []
     for cfg in calib:
         summed = sum(entries[k] for k in block_keys(cfg, n_blocks))
         calibration.append({"config": str(cfg), "measured_ms": round(p50[f"net/{cfg}"], 5), "sum_ms": round(summed, 5)})
-    scale = float(np.median([c["measured_ms"] / c["sum_ms"] for c in calibration])) if calibration else 1.0  # type: ignore[operator]
+    intercept, scale = fit_calibration([(c["sum_ms"], c["measured_ms"]) for c in calibration])  # type: ignore[misc]
     return OpTable(
         hardware_tag=hardware_tag, family=FAMILY, resolution=resolution, threads=threads,
         runtime_version=ort.__version__, execution_provider=provider, host=platform.node() or None, runs=runs,
         export={"fast": fast_export, "exporter": "torchscript", "opset": 17},
         design={"n_blocks": n_blocks, "input_nc": input_nc, "output_nc": output_nc,
                 "choices": [list(c) for c in space.choices]},
-        entries=entries, scale=round(scale, 5), calibration=calibration,
+        entries=entries, scale=round(scale, 5), intercept_ms=round(intercept, 5), calibration=calibration,
     )
 
 
 @dataclass
 class TableLatencyModel:
-    """Predicts a config's latency on the table's device as ``scale * sum(block entries)``."""
+    """Predicts a config's latency on the table's device as ``intercept + scale * sum(block entries)``."""
 
     table: OpTable
     n_blocks: int
@@ -273,13 +310,14 @@ class TableLatencyModel:
         return cls(table, n_blocks)
 
     def predict_config(self, config: ChannelConfig | str | Sequence[int], macs: int | None = None) -> float:  # noqa: ARG002
-        return self.table.scale * sum(self.table.entry(k) for k in block_keys(config, self.n_blocks))
+        t = self.table
+        return t.intercept_ms + t.scale * sum(t.entry(k) for k in block_keys(config, self.n_blocks))
 
     def describe(self) -> dict:
         t = self.table
         return {"kind": "op-table", "hardware_tag": t.hardware_tag, "resolution": t.resolution, "threads": t.threads,
                 "execution_provider": t.execution_provider, "runtime_version": t.runtime_version,
-                "created_at": t.created_at.isoformat(), "scale": t.scale, "entries": len(t.entries),
+                "created_at": t.created_at.isoformat(), "scale": t.scale, "intercept_ms": t.intercept_ms, "entries": len(t.entries),
                 "export": dict(t.export)}
 
 

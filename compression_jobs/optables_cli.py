@@ -38,8 +38,8 @@ def _multipliers(value: str) -> tuple[float, ...]:
 @click.option("--provider", default=None, help="Execution provider (default: CUDA if it really works, else CPU).")
 @click.option("--runs", type=int, default=10, show_default=True, help="Timed rounds (p50 per block).")
 @click.option("--warmup", type=int, default=2, show_default=True)
-@click.option("--calibrate", type=int, default=3, show_default=True,
-              help="Whole networks measured to fit the table's scale (0: scale 1).")
+@click.option("--calibrate", type=int, default=4, show_default=True,
+              help="Whole networks measured to fit whole ≈ intercept + scale x sum of blocks (0: scale 1).")
 @click.option("--fast-graph/--plain-graph", default=True, show_default=True,
               help="Measure blocks as exported with the fast-graph rewrites (export.fast_graph) or without.")
 @click.option("--dry-run", is_flag=True, help="Measure and print, do not write to the registry.")
@@ -102,7 +102,7 @@ def profile_ops_cli(hardware_tag: str | None, ngf: int, n_blocks: int, multiplie
     for k, ms in table.entries.items():
         by_kind.setdefault(k.split("/")[0], []).append(ms)
     click.echo(f"op table for {tag}: {len(table.entries)} blocks at {resolution}x{resolution}, "
-               f"{prov}, threads {threads or 'default'}, scale {table.scale:.3f}")
+               f"{prov}, threads {threads or 'default'}, whole ≈ {table.intercept_ms:.2f} ms + {table.scale:.3f} x sum")
     for kind, values in by_kind.items():
         click.echo(f"  {kind:6s} {len(values):3d} shapes  {min(values):8.3f} .. {max(values):8.3f} ms")
     for c in table.calibration:

@@ -48,7 +48,8 @@ class OpTable(BaseModel):
     design: dict[str, int | str | list[int] | list[list[int]]] = Field(
         default_factory=dict, description="design-space parameters (n_blocks, input_nc, choices, ...)")
     entries: dict[str, float] = Field(description="block key -> p50 ms")
-    scale: float = Field(default=1.0, gt=0, description="whole network / sum of its blocks, fitted on calibration networks")
+    scale: float = Field(default=1.0, gt=0, description="whole network ≈ intercept + scale * sum of its blocks")
+    intercept_ms: float = Field(default=0.0, ge=0, description="per-network cost no block pays (input/output, run call)")
     calibration: list[dict[str, float | str]] = Field(default_factory=list,
                                                       description="networks measured whole to fit `scale`")
 

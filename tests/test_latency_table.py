@@ -113,18 +113,28 @@ def test_profile_ops_measures_a_tiny_space_and_predicts_from_it():
     table = profile_ops(space, hardware_tag="cpu-test", n_blocks=2, resolution=16, threads=1, runs=2, warmup=1,
                         calibrate=2)
     assert set(table.entries) == set(space_keys(space, 2))
-    assert all(ms > 0 for ms in table.entries.values())
+    assert all(ms >= 0 for ms in table.entries.values()) and sum(table.entries.values()) > 0
     assert [c["config"] for c in table.calibration] == [str(space.smallest()), str(space.largest())]
     assert table.scale > 0 and table.export["fast"] is True and table.resolution == 16
     model = TableLatencyModel.for_space(table, space, 2, resolution=16, fast_graph=True)
     cfg = space.largest()
-    assert model.predict_config(cfg) == pytest.approx(table.scale * sum(table.entries[k] for k in block_keys(cfg, 2)))
+    assert model.predict_config(cfg) == pytest.approx(
+        table.intercept_ms + table.scale * sum(table.entries[k] for k in block_keys(cfg, 2)))
     with pytest.raises(ValueError, match="measured at 16x16"):
         TableLatencyModel.for_space(table, space, 2, resolution=32)
     with pytest.raises(ValueError, match="fast_graph"):
         TableLatencyModel.for_space(table, space, 2, fast_graph=False)
     with pytest.raises(ValueError, match="lacks"):
         TableLatencyModel.for_space(table, ChannelSpace.from_multipliers("16_16_32_16_16_16_16_16", (0.5, 1.0)), 2)
+
+
+def test_calibration_fit():
+    from compression_jobs.latency_table import fit_calibration
+
+    assert fit_calibration([(10.0, 13.0), (20.0, 23.0), (40.0, 43.0)]) == pytest.approx((3.0, 1.0))
+    assert fit_calibration([(10.0, 12.0), (20.0, 24.0)]) == pytest.approx((0.0, 1.2))  # two points: a ratio
+    assert fit_calibration([(10.0, 30.0), (20.0, 20.0), (40.0, 10.0)])[0] == 0.0  # no positive line: a ratio
+    assert fit_calibration([]) == (0.0, 1.0)
 
 
 def test_optables_round_trip_through_the_registry(registry, s3_server):
