@@ -47,6 +47,7 @@ from compression_jobs.models.fast import fast_inference_copy
 from compression_jobs.models.mobile import ChannelConfig, MobileResnetGenerator, block_groups
 from compression_jobs.models.supernet import ChannelSpace
 from registry.optables import OpTable
+from registry.ort_tuning import disable_spinning
 
 FAMILY = "mobile-resnet"
 SEGMENTS: tuple[str, ...] = ("stem", "down1", "down2", "block", "up1", "up2", "head")
@@ -125,9 +126,8 @@ def measurement_session_options(threads: int | None) -> ort.SessionOptions:
     opts.inter_op_num_threads = 1
     if threads is not None:
         opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return opts
+    return disable_spinning(opts)
 
 
 def measure_interleaved(paths: dict[str, Path], shapes: dict[str, tuple[int, ...]], *, threads: int | None,
