@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from compression_jobs.export import export_artifact  # noqa: E402
 from compression_jobs.gan_compression.search import macs_at  # noqa: E402
 from compression_jobs.hardware import resolve_hardware_tag  # noqa: E402
-from compression_jobs.latency_table import TableLatencyModel, measure_interleaved  # noqa: E402
+from compression_jobs.latency_table import TableLatencyModel, config_macs, measure_interleaved  # noqa: E402
 from compression_jobs.models import mobile_resnet_generator, resnet_generator  # noqa: E402
 from compression_jobs.models.mobile import ChannelConfig  # noqa: E402
 from compression_jobs.models.supernet import ChannelSpace  # noqa: E402
@@ -59,7 +59,7 @@ def pick_fastest(lut: TableLatencyModel, space: ChannelSpace, target_macs: int, 
     best, best_ms = None, float("inf")
     for _ in range(candidates):
         cfg = space.sample(rng)
-        macs = macs_at(mobile_resnet_generator(cfg, n_blocks=9), size)
+        macs = config_macs(cfg, 9, size)
         if 0.95 * target_macs <= macs <= target_macs:
             ms = lut.predict_config(cfg)
             if ms < best_ms:
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--images", type=Path, default=ROOT / "compression_jobs" / "embedded" / "facades" / "test")
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--table", type=Path, default=None, help="op table JSON of this machine (profile-ops --out)")
-    ap.add_argument("--candidates", type=int, default=400, help="random configs scanned per pick (--table)")
+    ap.add_argument("--candidates", type=int, default=3000, help="random configs scanned per pick (--table)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

@@ -26,6 +26,7 @@ and subtracted. The calibration networks then fit ``whole ≈ intercept + scale 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import logging
@@ -352,3 +353,18 @@ def fetch_table(registry: object | None, hardware_tag: str, *, required: bool) -
             raise ValueError(f"latency budget is for hardware tag {hardware_tag!r}, which is not this machine: its op "
                              f"latency table must come from the registry, which failed: {exc}") from None
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def block_macs(key: str, resolution: int, input_nc: int = 3, output_nc: int = 3) -> int:
+    """MACs of block `key` at network input `resolution` (published convention, as in manifests)."""
+    from compression_jobs.counting import count_macs
+
+    seg, cin, down = segment(key, input_nc=input_nc, output_nc=output_nc)
+    return count_macs(seg, resolution // down, input_nc=cin)
+
+
+def config_macs(config: ChannelConfig | str | Sequence[int], n_blocks: int, resolution: int) -> int:
+    """A config's MACs as the sum of its blocks' (equals counting the whole network; cached per block,
+    so scanning thousands of configs is cheap)."""
+    return sum(block_macs(k, resolution) for k in block_keys(config, n_blocks))

@@ -20,6 +20,7 @@ from compression_jobs.gan_compression.search import evolutionary_search, macs_at
 from compression_jobs.latency_table import (
     TableLatencyModel,
     block_keys,
+    config_macs,
     fetch_table,
     profile_ops,
     segment,
@@ -78,6 +79,7 @@ def test_block_keys_cover_every_config_and_segments_rebuild_the_student():
         assert x.shape[1] == cin and x.shape[-1] == 32 // down
         x = seg(x)
     assert tuple(x.shape) == (1, 3, 32, 32)
+    assert config_macs(cfg, 3, 64) == macs_at(student, 64)  # MACs add up over blocks, too
     with pytest.raises(ValueError, match="not a block key"):
         segment("bogus/1-2")
 
