@@ -37,7 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -320,10 +320,6 @@ class TableLatencyModel:
                 "execution_provider": t.execution_provider, "runtime_version": t.runtime_version,
                 "created_at": t.created_at.isoformat(), "scale": t.scale, "intercept_ms": t.intercept_ms, "entries": len(t.entries),
                 "export": dict(t.export)}
-
-
-def predict_many(model: TableLatencyModel, configs: Iterable[ChannelConfig]) -> list[float]:
-    return [model.predict_config(c) for c in configs]
 
 
 def fetch_table(registry: object | None, hardware_tag: str, *, required: bool) -> OpTable | None:
