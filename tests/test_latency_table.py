@@ -4,9 +4,9 @@ and a latency-budget search for a device the test does not run on."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -200,7 +200,7 @@ def test_profile_ops_cli_writes_the_table(registry, registry_env):
     cmd = [sys.executable, "-m", "pocketgan", "profile-ops", "--hardware-tag", "edge-box", "--max-config",
            "16_16_16_16_16_16_16_16", "--multipliers", "0.5,1", "--n-blocks", "1", "--resolution", "16",
            "--runs", "1", "--warmup", "0", "--calibrate", "1", "--threads", "1", "--json"]
-    env = {**registry_env, "PYTHONPATH": os.getcwd()}
+    env = {**registry_env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
