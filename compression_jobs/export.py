@@ -51,6 +51,7 @@ class ExportInfo(BaseModel):
     parity_atol: float
     parity_max_abs_diff: dict[str, float]
     attempts: list[str] = []
+    fast_graph: bool = False
 
 
 def size_multiple_of(model: nn.Module) -> int:
@@ -143,9 +144,13 @@ def export_onnx(
     exporter: Exporter = "auto",
     atol: float = PARITY_ATOL,
     metadata: dict[str, str] | None = None,
+    fast_graph: bool = False,
 ) -> ExportInfo:
     """Write `model` (eval mode) to `out_path` with dynamic batch/H/W and check parity (max abs diff <= atol)
-    at `resolution` and one other shape. Raises ExportParityError (and deletes the file) on failure."""
+    at `resolution` and one other shape. Raises ExportParityError (and deletes the file) on failure.
+
+    `fast_graph`: export :func:`compression_jobs.models.fast.fast_inference_copy` of the model (exact
+    rewrites ORT runs faster); parity is still checked against `model` itself."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -155,13 +160,18 @@ def export_onnx(
     input_nc = int(getattr(model, "input_nc", 3))
     shapes = parity_shapes(resolution, multiple, input_nc)
     sample = torch.rand(shapes[0], generator=torch.Generator().manual_seed(1)) * 2 - 1
+    graph = model
+    if fast_graph:
+        from compression_jobs.models.fast import fast_inference_copy
+
+        graph = fast_inference_copy(model)
     order = {"auto": ["dynamo", "torchscript"], "dynamo": ["dynamo"], "torchscript": ["torchscript"]}[exporter]
     attempts: list[str] = []
     tmp = out_path.with_name(out_path.name + ".partial")
     for name in order:
         tmp.unlink(missing_ok=True)
         try:
-            _export_once(model, sample, tmp, name, opset)
+            _export_once(graph, sample, tmp, name, opset)
             meta = {META_SIZE_MULTIPLE: str(multiple), META_FAMILY: family_of(model), **(metadata or {})}
             used_opset = _add_metadata(tmp, meta)
             diffs = _parity(model, tmp, shapes)
@@ -173,7 +183,7 @@ def export_onnx(
             attempts.append(f"{name}: ok (max abs diff {worst:.2e})")
             tmp.replace(out_path)
             return ExportInfo(exporter=name, opset=used_opset, size_multiple=multiple, parity_atol=atol,
-                              parity_max_abs_diff=diffs, attempts=attempts)
+                              parity_max_abs_diff=diffs, attempts=attempts, fast_graph=fast_graph)
         attempts.append(f"{name}: parity failed (max abs diff {worst:.3g} > {atol:g} at {diffs})")
     tmp.unlink(missing_ok=True)
     out_path.unlink(missing_ok=True)
@@ -218,17 +228,19 @@ def export_artifact(
     exporter: Exporter = "auto",
     opset: int = DEFAULT_OPSET,
     code_version: str | None = None,
+    fast_graph: bool = False,
 ) -> Manifest:
     """Export to ``out_dir/model.onnx`` (parity-checked) and write ``out_dir/manifest.json``.
 
     `resolution` is the parity-check resolution (default: 64, or 2**num_downs for U-Nets).
-    The manifest's ``job.export`` records the exporter used and the parity figures.
+    The manifest's ``job.export`` records the exporter used and the parity figures. `fast_graph`:
+    see :func:`export_onnx` (architecture, MACs and params stay those of `model`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     multiple = size_multiple_of(model)
     res = resolution or max(64, multiple)
-    info = export_onnx(model, out_dir / MODEL_NAME, resolution=res, opset=opset, exporter=exporter)
+    info = export_onnx(model, out_dir / MODEL_NAME, resolution=res, opset=opset, exporter=exporter, fast_graph=fast_graph)
     arch = architecture_of(model, opset=info.opset)
     job_info = dict(job or {})
     job_info["export"] = info.model_dump()

@@ -33,7 +33,7 @@ from compression_jobs.gan_compression.common import counter_bar, load_state, pro
 from compression_jobs.gan_compression.config import JobConfig
 from compression_jobs.gan_compression.distill import DistillParts, make_mapper, supernet_sampler, train_distill
 from compression_jobs.gan_compression.evaluate import fid_kid, fidelity, outputs
-from compression_jobs.gan_compression.search import LatencyModel, evolutionary_search, macs_at
+from compression_jobs.gan_compression.search import LatencyModel, LatencyPredictor, evolutionary_search, macs_at
 from compression_jobs.models.mobile import ChannelConfig, MobileResnetGenerator
 from compression_jobs.models.supernet import SuperMobileResnetGenerator, supernet as build_supernet
 from compression_jobs.teacher import D_NAME, G_NAME, build_discriminator, load_teacher, train_teacher
@@ -228,16 +228,20 @@ def _provider(job: JobConfig) -> str | None:
     return "CPUExecutionProvider" if job.device == "cpu" else None
 
 
-def _fit_latency(ctx: Context, sn: SuperMobileResnetGenerator, out: Path) -> LatencyModel:
-    """Export a few configs spread over the space, measure them here, fit ms ≈ a + b·MACs."""
+def _fit_latency(ctx: Context, sn: SuperMobileResnetGenerator, out: Path) -> LatencyPredictor:
+    """The tag's op latency table from the registry when it has one (any device), else, for this
+    machine only, a few configs measured here and a fit of ms ≈ a + b·MACs."""
     from compression_jobs.hardware import resolve_hardware_tag
+    from compression_jobs.latency_table import TableLatencyModel, fetch_table
 
     s = ctx.job.search
     here = resolve_hardware_tag(None, _provider(ctx.job))
-    tag = s.hardware_tag or here
-    if tag != here:
-        raise ValueError(f"latency budget is for hardware tag {tag!r} but this machine is {here!r}; "
-                         f"run the search there (latency is measured, not guessed)")
+    tag = resolve_hardware_tag(s.hardware_tag) if s.hardware_tag else here
+    table = fetch_table(ctx.registry, tag, required=tag != here)
+    if table is not None:
+        return TableLatencyModel.for_space(table, sn.space, sn.n_blocks, resolution=ctx.job.export.resolution,
+                                           input_nc=sn.input_nc, output_nc=sn.output_nc,
+                                           fast_graph=ctx.job.export.fast_graph)
     space = sn.space
     rng = __import__("random").Random(ctx.job.seed)
     configs = [space.smallest(), space.largest()]
@@ -260,7 +264,8 @@ def _measure(ctx: Context, model: torch.nn.Module, folder: Path) -> float:
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
-    export_onnx(model, path, resolution=ctx.job.export.resolution, opset=ctx.job.export.opset)
+    export_onnx(model, path, resolution=ctx.job.export.resolution, opset=ctx.job.export.opset,
+                fast_graph=ctx.job.export.fast_graph)
     r = ctx.job.export.resolution
     prof = profile_model(path, resolutions=[(r, r)], runs=ctx.job.export.profile_runs,
                          threads=ctx.job.export.profile_threads, provider=_provider(ctx.job), progress=False)
@@ -377,7 +382,8 @@ def stage_export(ctx: Context, out: Path) -> dict:
 
     def one(model: torch.nn.Module, folder: Path, method: str, parent: str | None, quality, extra: dict) -> str:
         manifest = export_artifact(model, folder, task=job.task, method=method, parent=parent, quality=quality,
-                                   job={**job_info, **extra}, opset=job.export.opset, resolution=r)
+                                   job={**job_info, **extra}, opset=job.export.opset, resolution=r,
+                                   fast_graph=job.export.fast_graph)
         if job.export.profile:
             manifest = add_profile(job, folder, manifest)
         return manifest.artifact_id

@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("compression_jobs.cli", "export_cli", "Export a generator checkpoint to an ONNX artifact directory."),
     "quantize": ("compression_jobs.cli", "quantize_cli", "INT8-quantize an ONNX artifact with calibration on real images."),
     "profile": ("compression_jobs.cli", "profile_cli", "Measure latency on this machine and record it in the registry."),
+    "profile-ops": ("compression_jobs.optables_cli", "profile_ops_cli",
+                    "Measure the student design space's block latencies here; store the table in the registry."),
     "compress": ("compression_jobs.compress_cli", "compress_cli", "Compression jobs: train a teacher, distil, search, publish."),
     "serve": ("service.cli", "serve_cli", "Run the BentoML translation service."),
     "demo": ("pocketgan.demo", "demo_cli", "Run the whole flow end to end on the embedded default data."),

@@ -105,6 +105,7 @@ class FinetuneConfig(_Cfg):
 class ExportConfig(_Cfg):
     resolution: int = Field(default=256, description="ONNX parity check and latency profile resolution")
     opset: int = 18
+    fast_graph: bool = Field(default=True, description="export exact rewrites ORT runs faster (compression_jobs/models/fast.py)")
     profile: bool = True
     profile_runs: int = 20
     profile_threads: int | None = 1

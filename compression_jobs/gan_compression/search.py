@@ -2,16 +2,18 @@
 
 Sub-networks are scored on the held-out split straight from the shared supernet weights (no
 retraining, as in GAN Compression / once-for-all). Feasibility is a MACs budget, or a latency
-budget on a hardware tag: latency is predicted by a linear model ``ms = a + b·MACs`` fitted to a
-few configs exported to ONNX and measured with the profiler on this machine (the chosen configs
-are measured again after fine-tuning, and those measurements are what gets published).
+budget on a hardware tag. Latency is predicted by a :class:`LatencyPredictor`: the tag's per-block
+lookup table from the registry (:class:`compression_jobs.latency_table.TableLatencyModel`, any
+device that ran ``pocketgan profile-ops``), or, for this machine without a table, a linear model
+``ms = a + b·MACs`` fitted to a few configs exported to ONNX and measured here. The chosen
+configs are measured again after fine-tuning, and those measurements are what gets published.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -55,6 +57,23 @@ class LatencyModel:
 
     def predict(self, macs: int) -> float:
         return self.intercept + self.slope * macs
+
+    def predict_config(self, config: ChannelConfig | str, macs: int) -> float:  # noqa: ARG002 - MACs say it all
+        return self.predict(macs)
+
+    def describe(self) -> dict:
+        return {"kind": "linear-macs", **asdict(self)}
+
+
+class LatencyPredictor(Protocol):
+    """What the search needs from a latency model (linear in MACs, or a per-block lookup table)."""
+
+    @property
+    def hardware_tag(self) -> str: ...
+
+    def predict_config(self, config: ChannelConfig | str, macs: int) -> float: ...
+
+    def describe(self) -> dict: ...
 
 
 @dataclass
@@ -123,7 +142,7 @@ def evolutionary_search(
     *,
     resolution: int,
     budget_macs: int | None,
-    latency: LatencyModel | None,
+    latency: LatencyPredictor | None,
     budget_latency_ms: float | None,
     population: int,
     generations: int,
@@ -151,7 +170,7 @@ def evolutionary_search(
         supernet.to(dev)
         cand = Candidate(key, macs)
         if latency is not None:
-            cand.predicted_latency_ms = latency.predict(macs)
+            cand.predicted_latency_ms = round(latency.predict_config(cfg, macs), 4)
         cand.feasible = (budget_macs is None or macs <= budget_macs) and (
             budget_latency_ms is None or cand.predicted_latency_ms is None or cand.predicted_latency_ms <= budget_latency_ms
         )
@@ -214,5 +233,5 @@ def evolutionary_search(
         evaluated=sorted(evaluated, key=lambda c: c.macs),
         pareto=[c.config for c in front],
         chosen=[c.config for c in chosen],
-        latency_model=asdict(latency) if latency else None,
+        latency_model=latency.describe() if latency else None,
     )
