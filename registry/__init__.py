@@ -4,9 +4,11 @@
 """
 
 from registry.errors import (
+    BucketNotFound,
     Conflict,
     IntegrityError,
     InvalidInput,
+    MissingObject,
     NotFound,
     RegistryError,
     RegistryUnreachable,
@@ -23,6 +25,7 @@ from registry.names import validate_name
 
 __all__ = [
     "Architecture",
+    "BucketNotFound",
     "Conflict",
     "FileEntry",
     "HardwareProfile",
@@ -30,6 +33,7 @@ __all__ = [
     "InvalidInput",
     "LatencyMeasurement",
     "Manifest",
+    "MissingObject",
     "NotFound",
     "Quality",
     "RegistryError",
