@@ -11,9 +11,9 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable
 
-from registry.artifact import read_artifact_dir, sha256_file, write_manifest
+from registry.artifact import read_artifact_dir, variant_paths, verify_files, write_manifest
 from registry.errors import IntegrityError, InvalidInput, NotFound
 from registry.layout import validate_artifact_id
 from registry.manifest import FileEntry, Manifest
@@ -53,23 +53,23 @@ class LocalCache:
             return None
         return path
 
-    def reuse(self, manifest: Manifest, optional: set[str]) -> Path | None:
+    def reuse(self, manifest: Manifest, variants_optional: bool) -> Path | None:
         """The cached copy of `manifest` if it verifies (manifest refreshed: profiles may be newer), else None."""
         final = self.path(manifest.task, manifest.artifact_id)
         if not final.is_dir():
             return None
         try:
-            verify_local(final, manifest, optional=optional)
-        except (IntegrityError, NotFound):
+            verify_files(final, manifest, variants_optional=variants_optional)
+        except IntegrityError:
             discard(final)
             return None
         write_manifest(final, manifest)  # refresh profiles; files are unchanged
         return final
 
-    def fill(self, manifest: Manifest, skip: Iterable[str],
-             fetch: Callable[[FileEntry, BinaryIO], None]) -> Path:
-        """Download `manifest`'s files (but `skip`) with `fetch` (which verifies), then rename into place."""
-        skip = set(skip)
+    def fill(self, manifest: Manifest, variants_optional: bool, fetch: Callable[[FileEntry, BinaryIO], None]) -> Path:
+        """Download `manifest`'s files with `fetch` (which verifies), then rename into place.
+        `variants_optional`: the variants' files (model.ort, ...) are left out."""
+        skip = variant_paths(manifest) if variants_optional else set()
         final = self.path(manifest.task, manifest.artifact_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.artifact_id}-", dir=final.parent))
@@ -87,23 +87,11 @@ class LocalCache:
                 os.rename(tmp, final)
             except OSError:
                 # another puller won the rename; use theirs if it verifies
-                verify_local(final, manifest, optional=skip)
+                verify_files(final, manifest, variants_optional=variants_optional)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
-
-
-def verify_local(path: Path, manifest: Manifest, optional: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    """Every file present and matching (files in `optional` may be absent)."""
-    for entry in manifest.files:
-        full = path / entry.path
-        if not full.is_file():
-            if entry.path in optional:
-                continue
-            raise NotFound(f"{full} missing from cache")
-        if full.stat().st_size != entry.bytes or sha256_file(full) != entry.sha256:
-            raise IntegrityError(f"{full}: cached file does not match manifest")
 
 
 def discard(path: Path) -> None:

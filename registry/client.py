@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from pydantic import BaseModel
 
 from registry.aliases import Aliases
-from registry.artifact import MODEL_NAME, variant_paths
+from registry.artifact import MODEL_NAME
 from registry.artifacts import Artifacts
 from registry.audit import AuditLog
 from registry.cache import LocalCache
@@ -154,11 +154,10 @@ class Registry:
                 if hit is not None:
                     return hit
             raise
-        skip = set() if with_variants else variant_paths(manifest)
-        hit = self.cache.reuse(manifest, optional=skip)
+        hit = self.cache.reuse(manifest, variants_optional=not with_variants)
         if hit is not None:
             return hit
-        return self.cache.fill(manifest, skip, lambda entry, fh: self.artifacts.download(
+        return self.cache.fill(manifest, not with_variants, lambda entry, fh: self.artifacts.download(
             manifest, entry.path, entry.bytes, entry.sha256, fh))
 
     # ------------------------------------------------------------------ aliases, lifecycle, audit
