@@ -5,7 +5,9 @@
   (imports under ``if TYPE_CHECKING:`` do not count, they never run);
 - ``service/`` and ``compression_jobs/`` never import each other (both depend on ``registry/``);
 - no module imports another module's ``_private`` name (``from m import _x`` or ``m._x``),
-  also from tests/ and benchmarks/.
+  also from tests/ and benchmarks/;
+- in ``registry/`` and ``service/`` only the settings modules read environment variables
+  (copying the whole environment for a child process is not a read).
 
 ``KNOWN_PRIVATE`` lists violations that exist today in files another change is rewriting; the
 test fails on any violation not in it, and on an entry that is gone (delete it then).
@@ -184,3 +186,32 @@ def test_no_module_imports_another_modules_private_names(graph) -> None:
     _, private = graph
     assert sorted(private - KNOWN_PRIVATE) == [], "make the name public or move it"
     assert sorted(KNOWN_PRIVATE - private) == [], "fixed: delete these from KNOWN_PRIVATE"
+
+
+SETTINGS_MODULES = {"registry/config.py", "service/settings.py"}
+
+
+def _env_reads(tree: ast.AST) -> list[int]:
+    """Lines that read one variable: os.environ.get(...), os.environ[...], os.getenv(...)."""
+    def is_environ(node: ast.AST) -> bool:
+        return ast.unparse(node) in ("os.environ", "environ")
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if (node.func.attr == "get" and is_environ(node.func.value)) or ast.unparse(node.func) == "os.getenv":
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and is_environ(node.value):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_settings_are_read_in_one_place_per_package() -> None:
+    found = []
+    for top in ("registry", "service"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel not in SETTINGS_MODULES:
+                found += [f"{rel}:{n}" for n in _env_reads(ast.parse(path.read_text()))]
+    assert found == [], "read it through RegistrySettings / ServiceSettings (pydantic-settings)"
+    assert _env_reads(ast.parse("import os\nos.environ.get('X'); os.environ['Y']; os.getenv('Z')")) == [2, 2, 2]

@@ -60,3 +60,22 @@ def test_a_missing_bucket_is_never_read_as_a_missing_object(registry: Registry, 
             call()
         assert not isinstance(info.value, MissingObject) and isinstance(info.value, NotFound)
         assert info.value.exit_code == 4
+
+
+def test_settings_are_read_when_used_not_at_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from registry.config import RegistrySettings
+    from registry.local_s3 import default_data_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # after the import: still seen
+    assert default_data_dir() == tmp_path / "pocketgan" / "s3"
+    monkeypatch.setenv("XDG_DATA_HOME", "")
+    assert default_data_dir() == Path.home() / ".local" / "share" / "pocketgan" / "s3"
+    for name in ("POCKETGAN_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    assert RegistrySettings().region == "us-east-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    assert RegistrySettings().region == "eu-west-3"
+    monkeypatch.setenv("AWS_REGION", "eu-west-2")
+    assert RegistrySettings().region == "eu-west-2"
+    monkeypatch.setenv("POCKETGAN_REGION", "eu-west-1")
+    assert RegistrySettings().region == "eu-west-1"
