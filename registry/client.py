@@ -63,15 +63,9 @@ class Registry:
     def url(self, key: str = "") -> str:
         return self.store.url(key)
 
-    # keys, for tests and tools that plant objects by hand (`layout` is the public way)
-    def _artifact_prefix(self, task: str, artifact_id: str) -> str:
-        return self.layout.artifact_prefix(task, artifact_id)
-
+    # kept for callers that predate `layout` (tests/test_contract.py, registry/cli.py); use `layout`
     def _manifest_key(self, task: str, artifact_id: str) -> str:
         return self.layout.manifest_key(task, artifact_id)
-
-    def _alias_key(self, task: str, channel: str) -> str:
-        return self.layout.alias_key(task, channel)
 
     def _events_prefix(self, task: str) -> str:
         return self.layout.events_prefix(task)
