@@ -22,9 +22,7 @@ import hashlib
 import io
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -78,7 +76,7 @@ def main() -> None:
     from registry.local_s3 import start_local_s3, stop
     from registry.manifest import HardwareProfile
     from registry.runtime import OnnxGenerator
-    from service.cli import serve_command
+    from service.launcher import ServiceProcess, ServiceStartError
 
     tmp = Path(tempfile.mkdtemp(prefix="pocketgan-abuse-"))
     torch.manual_seed(0)
@@ -95,7 +93,7 @@ def main() -> None:
     normal, big = jpeg(256, 0), jpeg(args.max_side, 1)
 
     s3 = start_local_s3(tmp / "s3", bucket="bench")
-    proc = None
+    server = None
     try:
         settings = RegistrySettings(registry="s3://bench/r", s3_endpoint=s3.endpoint, region=s3.region,
                                     cache_dir=tmp / "cache", access_key_id=s3.access_key,
@@ -105,9 +103,6 @@ def main() -> None:
         reg.add_profile(aid, HardwareProfile(hardware_tag=TAG, runtime_version=ort.__version__, threads=1,
                                              measurements=[normal_point, big_point]), task=TASK)
         reg.promote(TASK, "production", [aid], actor="bench")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POCKETGAN_"))}
         env.update(s3.env())
         env.update({
@@ -119,22 +114,13 @@ def main() -> None:
             "POCKETGAN_SERVICE_MAX_PIXELS": str(args.max_side * args.max_side),
             "POCKETGAN_SERVICE_API_KEY_HASHES": hashlib.sha256(KEY.encode()).hexdigest(),
         })
-        log = open(tmp / "bentoml.log", "wb")
-        proc = subprocess.Popen(serve_command(port, "127.0.0.1"), cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
+        server = ServiceProcess(env, tmp / "bentoml.log", cwd=REPO).start()
+        url = server.url
         auth = {"Authorization": f"Bearer {KEY}"}
-        deadline = time.monotonic() + 120
-        with httpx.Client(base_url=url, timeout=5) as c:
-            while True:
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"service did not become ready; log: {tmp / 'bentoml.log'}")
-                time.sleep(0.3)
+        try:
+            server.wait_for("/readyz", 120)
+        except ServiceStartError as exc:
+            raise SystemExit(str(exc)) from exc
 
         def post(c: httpx.Client, data: bytes) -> int:
             try:
@@ -170,7 +156,7 @@ def main() -> None:
             socks: list[socket.socket] = []
             while not stop_abuse.is_set():
                 while len(socks) < args.slow:
-                    s = socket.create_connection(("127.0.0.1", port), timeout=1)
+                    s = socket.create_connection(("127.0.0.1", server.port), timeout=1)
                     s.sendall(head)
                     socks.append(s)
                 for s in list(socks):  # re-open the ones the server answered (408) and closed
@@ -217,12 +203,8 @@ def main() -> None:
         verdict = "met" if ratio <= 2.0 and abused_fail == 0 else "NOT met"
         print(f"target p99 under abuse <= 2x alone and 0 failed normal requests: {verdict} (p99 ratio {ratio:.2f})")
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        if server is not None:
+            server.stop()
         stop(s3.pid)
 
 

@@ -21,9 +21,6 @@ import concurrent.futures as cf
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -117,6 +114,7 @@ def main() -> None:
     from registry.manifest import HardwareProfile, LatencyMeasurement
     from registry.runtime import OnnxGenerator, image_to_tensor, tensor_to_image
     from service.images import decode_image, encode_image
+    from service.launcher import ServiceProcess, ServiceStartError
     from service.selection import Candidate, Observed, SelectionRequest, select
 
     tmp = Path(tempfile.mkdtemp(prefix="pocketgan-bench-"))
@@ -169,7 +167,7 @@ def main() -> None:
 
     # -- 3. HTTP
     s3 = start_local_s3(tmp / "s3", bucket="bench")
-    proc = None
+    server = None
     try:
         settings = RegistrySettings(registry="s3://bench/r", s3_endpoint=s3.endpoint, region=s3.region,
                                     cache_dir=tmp / "cache", access_key_id=s3.access_key,
@@ -179,9 +177,6 @@ def main() -> None:
             reg.publish_dir(d)
             reg.add_profile(aid, prof, task=TASK)
         reg.promote(TASK, "production", [a_id], actor="bench")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POCKETGAN_"))}
         env.update(s3.env())
         env.update({
@@ -195,23 +190,12 @@ def main() -> None:
         })
         if args.threads:
             env["POCKETGAN_SERVICE_INTRA_OP_THREADS"] = str(args.threads)
-        from service.cli import serve_command
-
-        log = open(tmp / "bentoml.log", "wb")
-        proc = subprocess.Popen(serve_command(port, "127.0.0.1"), cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        with httpx.Client(base_url=url, timeout=5) as c:
-            while True:
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"service did not become ready; log: {tmp / 'bentoml.log'}")
-                time.sleep(0.3)
+        server = ServiceProcess(env, tmp / "bentoml.log", cwd=REPO).start()
+        url = server.url
+        try:
+            server.wait_for("/readyz", 120)
+        except ServiceStartError as exc:
+            raise SystemExit(str(exc)) from exc
 
         local = threading.local()
         served: list[tuple[float, float, int, str]] = []  # (start, ms, status, artifact)
@@ -266,12 +250,8 @@ def main() -> None:
         outside = [ms for s, ms, _, _ in served if not (t_promote - 0.5 <= s <= (first_b or t_promote) + 1.0)]
         codes = sorted({st for _, _, st, _ in served})
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        if server is not None:
+            server.stop()
         stop(s3.pid)
 
     print()

@@ -4,12 +4,14 @@
 """
 
 from registry.errors import (
+    BucketNotFound,
     ConfigurationError,
     Conflict,
     CredentialsError,
     ExecutionProviderUnavailable,
     IntegrityError,
     InvalidInput,
+    MissingObject,
     NotFound,
     RegistryError,
     RegistryUnreachable,
@@ -26,6 +28,7 @@ from registry.names import validate_name
 
 __all__ = [
     "Architecture",
+    "BucketNotFound",
     "ConfigurationError",
     "Conflict",
     "CredentialsError",
@@ -36,6 +39,7 @@ __all__ = [
     "InvalidInput",
     "LatencyMeasurement",
     "Manifest",
+    "MissingObject",
     "NotFound",
     "Quality",
     "RegistryError",

@@ -11,7 +11,6 @@ fails within seconds (exit 6) instead of hanging.
 from __future__ import annotations
 
 import getpass
-import os
 import re
 import socket
 from pathlib import Path
@@ -27,10 +26,6 @@ SETUP_HINT = (
     "start a local S3 with `pocketgan s3 up` and export the variables it prints, "
     "or set POCKETGAN_REGISTRY=s3://bucket/prefix (plus POCKETGAN_S3_ENDPOINT for non-AWS S3)"
 )
-
-
-def _default_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def _default_actor() -> str:
@@ -72,8 +67,9 @@ class RegistrySettings(BaseSettings):
         description="endpoint that presigned URLs name (what phones can reach); unset = s3_endpoint",
     )
     region: str = Field(
-        default_factory=_default_region,
-        validation_alias=AliasChoices("POCKETGAN_REGION", "region"),
+        default="us-east-1",
+        validation_alias=AliasChoices("POCKETGAN_REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "region"),
+        description="first set of POCKETGAN_REGION, AWS_REGION, AWS_DEFAULT_REGION",
     )
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "pocketgan")
     connect_timeout_s: float = Field(default=2.0, gt=0)
@@ -138,3 +134,21 @@ class RegistrySettings(BaseSettings):
             first = errors()[0] if callable(errors) else None
             msg = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else str(exc).splitlines()[0]
             raise ConfigurationError(f"invalid registry configuration: {msg}") from exc
+
+
+class LocalS3Settings(BaseSettings):
+    """`pocketgan s3` defaults: where the local SeaweedFS keeps its data (XDG base directories)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    xdg_data_home: Path = Field(default_factory=lambda: Path.home() / ".local" / "share",
+                                validation_alias="XDG_DATA_HOME")
+
+    @field_validator("xdg_data_home", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, v: object) -> object:
+        return Path.home() / ".local" / "share" if v in ("", None) else v
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.xdg_data_home).expanduser() / "pocketgan" / "s3"

@@ -26,9 +26,17 @@ class Conflict(RegistryError):
 
 
 class NotFound(RegistryError):
-    """The artifact, alias, bucket or file does not exist."""
+    """The artifact, alias, bucket or file does not exist (catch a subclass to tell which)."""
 
     exit_code = 4
+
+
+class MissingObject(NotFound):
+    """One key (manifest, alias, file) is absent from a bucket that exists: often an expected answer."""
+
+
+class BucketNotFound(NotFound):
+    """The bucket itself is missing: never to be read as "object absent", so not a `MissingObject`."""
 
 
 class IntegrityError(RegistryError):

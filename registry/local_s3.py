@@ -48,13 +48,17 @@ import click
 from pydantic import BaseModel, Field, SecretStr
 
 from registry.cli import json_report
-from registry.config import BUCKET_PATTERN
+from registry.config import BUCKET_PATTERN, LocalS3Settings
 from registry.errors import NotFound
 
 DEFAULT_ACCESS_KEY = "pocketgan"
 DEFAULT_BUCKET = "pocketgan"
 DEFAULT_PREFIX = "registry"
-DEFAULT_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "pocketgan" / "s3"
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/pocketgan/s3`, read when a command runs (not at import)."""
+    return LocalS3Settings().data_dir
 STATE_FILE = "state.json"
 SECRET_FILE = "secret_key"
 CONFIG_DIR = "config"  # weed -config_dir: security.toml + TLS files, rewritten at every start
@@ -542,8 +546,8 @@ _dir_option = click.option(
     "--dir",
     "data_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_DIR,
-    show_default=True,
+    default=default_data_dir,
+    show_default="$XDG_DATA_HOME/pocketgan/s3, XDG_DATA_HOME defaulting to ~/.local/share",
     help="Where SeaweedFS keeps its data, log and state file.",
 )
 

@@ -1,4 +1,5 @@
-"""Alias and audit-event documents: what promotion writes and what the service follows."""
+"""Registry documents and results: aliases and audit events (what promotion writes and the service
+follows), tombstones, and what publish / list return."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.manifest import ArtifactId, TaskName, utcnow
+from registry.manifest import ArtifactId, Manifest, TaskName, utcnow
 from registry.names import validate_name
 
 MAX_ALIAS_HISTORY = 50
@@ -57,3 +58,36 @@ class AuditEvent(BaseModel):
     from_revision: int | None = None
     to_revision: int | None = None
     reason: str | None = None
+
+
+class PublishResult(BaseModel):
+    manifest: Manifest
+    created: bool
+    notes: list[str] = []  # what publishing with variants did (one line per format)
+
+
+class ListedArtifact(BaseModel):
+    """A manifest plus whether it is retired (for `ls --all`); or, for a stored object that no longer
+    parses, `manifest=None` and `corrupt` saying why (one bad object must not hide the others)."""
+
+    artifact_id: str
+    task: str
+    manifest: Manifest | None
+    retired: bool = False
+    corrupt: str | None = None
+
+
+class CorruptObject(BaseModel):
+    """A stored registry object (manifest, profile, audit event) that does not parse."""
+
+    key: str
+    reason: str
+
+
+class Tombstone(BaseModel):
+    """`artifacts/<task>/<id>/retired.json`."""
+
+    artifact_id: str
+    task: str
+    retired_at: datetime
+    retired_by: str

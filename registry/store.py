@@ -7,8 +7,8 @@ Every botocore failure becomes one registry error whose message names endpoint, 
 
 | S3 / botocore                                   | registry error        | exit |
 |-------------------------------------------------|-----------------------|------|
-| 404, NoSuchKey                                  | NotFound              | 4    |
-| NoSuchBucket                                    | NotFound (bucket)     | 4    |
+| 404, NoSuchKey                                  | MissingObject         | 4    |
+| NoSuchBucket                                    | BucketNotFound        | 4    |
 | 412 PreconditionFailed                          | Conflict              | 3    |
 | connection refused/timeout, 5xx after retries   | RegistryUnreachable   | 6    |
 | InvalidAccessKeyId, SignatureDoesNotMatch, 403, no credentials | CredentialsError (configuration) | 8 |
@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from registry.config import RegistrySettings
-from registry.errors import Conflict, CredentialsError, InvalidInput, NotFound, RegistryError, RegistryUnreachable
+from registry.errors import (
+    BucketNotFound, Conflict, CredentialsError, InvalidInput, MissingObject, RegistryError, RegistryUnreachable,
+)
 
 _CHUNK = 1 << 20
 
@@ -36,10 +38,6 @@ class ObjectInfo:
     etag: str
 
 
-class BucketNotFound(NotFound):
-    """The bucket itself is missing (not just one key): never to be read as "object absent"."""
-
-
 class ObjectStore(abc.ABC):
     """What the registry needs from a bucket. Keys are full keys inside the bucket."""
 
@@ -48,7 +46,7 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def get(self, key: str) -> tuple[bytes, str]:
-        """(body, etag); NotFound if absent."""
+        """(body, etag); MissingObject if absent."""
 
     @abc.abstractmethod
     def get_if_changed(self, key: str, etag: str | None) -> tuple[bytes, str] | None:
@@ -56,7 +54,7 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:
-        """Size and ETag; NotFound if absent."""
+        """Size and ETag; MissingObject if absent."""
 
     @abc.abstractmethod
     def put(
@@ -89,9 +87,7 @@ class ObjectStore(abc.ABC):
     def exists(self, key: str) -> bool:
         try:
             self.head(key)
-        except BucketNotFound:
-            raise
-        except NotFound:
+        except MissingObject:
             return False
         return True
 
@@ -161,7 +157,7 @@ class S3ObjectStore(ObjectStore):
                 # a bodiless 404 (HEAD) does not say whether the key or the bucket is missing
                 if key is not None and code in ("404", "NotFound") and not self._bucket_exists_quiet():
                     raise self._no_bucket() from exc
-                raise NotFound(f"{op} {where}: not found {at}") from exc
+                raise MissingObject(f"{op} {where}: not found {at}") from exc
             if code in ("PreconditionFailed", "412") or status == 412:
                 raise Conflict(f"{op} {where}: precondition failed {at} (someone else changed it)") from exc
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken") or status == 403:

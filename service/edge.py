@@ -71,10 +71,6 @@ DEFAULT_REASONS = {
     408: "body_timeout", 413: "body_too_large", 415: "unsupported_media_type", 422: "bad_parameter",
     429: "too_many_requests", 500: "internal_error", 503: "unavailable", 504: "timeout",
 }
-EDGE_REASONS = (
-    "not_found", "method_not_allowed", "forbidden", "unauthorized", "body_timeout", "body_too_large",
-    "uploads_full", "too_many_requests", "timeout", "internal_error",
-)
 _MAX_ERROR_BODY = 64 * 1024
 
 

@@ -18,6 +18,11 @@ from typing import Any, Iterable
 
 from service.images import REJECTION_REASONS
 
+# Why the ASGI edge (service/edge.py) refused a request before BentoML saw it.
+EDGE_REASONS = (
+    "not_found", "method_not_allowed", "forbidden", "unauthorized", "body_timeout", "body_too_large",
+    "uploads_full", "too_many_requests", "timeout", "internal_error",
+)
 SWAP_FAILURE_REASONS = ("contract", "integrity", "unreachable", "not_found", "load_error", "other")
 
 
@@ -65,8 +70,6 @@ class Metrics:
             self.since_last_poll.labels(t).set(0)
         for r in REJECTION_REASONS:
             self.rejections.labels(r)
-        from service.edge import EDGE_REASONS
-
         for r in EDGE_REASONS:
             self.edge_refusals.labels(r)
         for outcome in ADMISSION_OUTCOMES:

@@ -36,6 +36,7 @@ from typing import Any, Awaitable, Callable, Generic, Literal, TypeVar
 import anyio
 
 from registry.artifact import read_artifact_dir
+from registry.config import RegistrySettings
 from registry.contract import check_generator
 from registry.errors import ContractViolation, IntegrityError, InvalidInput, NotFound, RegistryError, RegistryUnreachable
 from registry.manifest import ContractCheck, Manifest
@@ -96,9 +97,6 @@ class ModelSet:
     loaded_at: datetime
     here: tuple[Candidate, ...] = ()
     """selection candidates for the service's own hardware tag, computed once per set"""
-
-    def candidates(self, hardware_tag: str) -> list[Candidate]:
-        return [candidate_for(a.manifest, hardware_tag) for a in self.artifacts.values()]
 
 
 class Observations:
@@ -182,9 +180,6 @@ class Observations:
 
     def probed(self, artifact_id: str) -> None:
         self._waiting.pop(artifact_id, None)
-
-    def all(self) -> dict[str, Observed]:
-        return {k: self.get(k) for k in self._s}
 
 
 T = TypeVar("T")
@@ -358,7 +353,7 @@ class ModelPool:
     def cache_record(self, task: str) -> Path:
         root = self._cache_root
         if root is None:
-            root = Path(os.environ.get("POCKETGAN_CACHE_DIR") or Path.home() / ".cache" / "pocketgan")
+            root = RegistrySettings.from_env().cache_dir  # the registry's own cache dir (POCKETGAN_CACHE_DIR)
         return root / "service" / task / f"{self.settings.channel}.json"
 
     # -- loading (blocking; run in a thread) ----------------------------------------------------

@@ -154,7 +154,7 @@ def artifact_dir(root: Path, name: str, builder, *, task: str, macs: int | None,
 def sneak_in(registry, d: Path, manifest) -> str:  # noqa: ANN001
     """Upload an artifact behind the registry's back (no contract check), as an old registry or a
     hostile writer would: files, then the manifest. Returns the artifact id."""
-    prefix = registry._artifact_prefix(manifest.task, manifest.artifact_id)
+    prefix = registry.layout.artifact_prefix(manifest.task, manifest.artifact_id)
     for f in manifest.files:
         registry.store.put(prefix + f.path, d / f.path)
     registry.store.put(prefix + "manifest.json", manifest.model_dump_json().encode())
@@ -165,7 +165,7 @@ def point_alias(registry, task: str, channel: str, ids: list[str]) -> int:  # no
     """Write the alias directly (no promote checks); returns the new revision."""
     from registry.records import Alias
 
-    key = registry._alias_key(task, channel)
+    key = registry.layout.alias_key(task, channel)
     try:
         current = registry.read_alias(task, channel).alias
         new = current.model_copy(update={"revision": current.revision + 1, "artifacts": ids})

@@ -13,8 +13,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -26,17 +24,12 @@ import numpy as np
 from PIL import Image
 
 from conftest import build_tiny_onnx
+from service.launcher import ServiceProcess, free_port, stop_process_group  # noqa: F401 - re-exported for tests
 
 TASK = "facades-label2photo"
 TAG = "test-cpu"
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_reflect_onnx(path: Path, seed: int = 0, width: int = 4) -> Path:
@@ -230,7 +223,6 @@ def start_service(
     """
     from registry.client import Registry
     from registry.config import RegistrySettings
-    from service.cli import serve_command
 
     prefix = f"svc-{uuid.uuid4().hex[:10]}"
     settings = RegistrySettings(
@@ -253,36 +245,19 @@ def start_service(
         import hashlib
 
         env["POCKETGAN_SERVICE_API_KEY_HASHES"] = hashlib.sha256(api_key.encode()).hexdigest()
-    port = free_port()
     log = tmp / "bentoml.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(serve_command(port, "127.0.0.1"), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    srv = Server(url, proc, log, registry, s3_server, ids, pre_ready=-1)
+    launcher = ServiceProcess(env, log, cwd=REPO).start()
+    srv = Server(launcher.url, launcher.proc, log, registry, s3_server, ids, pre_ready=-1)
     if api_key is not None:
         srv.headers["Authorization"] = f"Bearer {api_key}"
     try:
-        with httpx.Client(base_url=url, timeout=5.0) as c:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:  # up (livez) but nothing promoted yet
-                if proc.poll() is not None:
-                    raise RuntimeError(f"bentoml serve exited {proc.returncode}:\n{srv.tail()}")
-                try:
-                    if c.get("/livez").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not come up:\n{srv.tail()}")
-                time.sleep(0.3)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        launcher.wait_for("/livez", START_TIMEOUT_S)  # up, but nothing promoted yet
+        with httpx.Client(base_url=launcher.url, timeout=5.0) as c:
             time.sleep(2 * poll_s)  # at least one poll of the empty alias per worker
             srv.readyz_before_promotion = c.get("/readyz").status_code
             registry.promote(TASK, "production", [ids[n] for n in promote], actor="pytest")
-            while c.get("/readyz").status_code != 200:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server never became ready:\n{srv.tail()}")
-                time.sleep(0.3)
+            launcher.wait_for("/readyz", max(deadline - time.monotonic(), 1.0))
             # every worker loaded: each counts one swap in the aggregated counter
             while srv.metric(c, "pocketgan_model_swaps_total", task=TASK) < workers:
                 if time.monotonic() > deadline:
@@ -290,15 +265,4 @@ def start_service(
                 time.sleep(0.3)
         yield srv
     finally:
-        stop_process_group(proc)
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group started with start_new_session=True, SIGKILL after 20 s."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        launcher.stop()

@@ -27,6 +27,18 @@ from registry.local_s3 import LocalS3Handle, start_local_s3, stop
 TEST_BUCKET = "pocketgan-test"
 
 
+def pid_alive(pid: int) -> bool:
+    """True if `pid` runs; a zombie does not count (/proc says so)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def build_tiny_onnx(path: Path, seed: int = 0, width: int = 8, in_nc: int = 3, out_nc: int = 3) -> Path:
     """Conv(in->width, 3x3) -> Relu -> Conv(width->out, 3x3) -> Tanh, NCHW with dynamic H/W.
 

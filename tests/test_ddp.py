@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from compression_jobs.gan_compression.config import load_config
-from compression_jobs.gan_compression.ddp import BatchSync
+from compression_jobs.gan_compression.batch_sync import BatchSync
 from compression_jobs.models.supernet import supernet
 from compression_jobs.pipeline import Context, run_stage
 from compression_jobs.teacher import build_discriminator

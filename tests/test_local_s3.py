@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import pid_alive
 from registry.local_s3 import (
     CONFIG_DIR,
     GRPC_OFFSET,
@@ -59,18 +60,6 @@ def _eval_exports(stdout: str, env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in got.items() if k.startswith(("AWS_", "POCKETGAN_"))}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is not alive; /proc tells us
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -84,7 +73,7 @@ def test_s3_up_status_down_restart(tmp_path: Path) -> None:
     restarted: LocalS3Handle | None = None
     try:
         assert up.returncode == 0, up.stderr
-        assert state is not None and state.port == port and _alive(state.pid)
+        assert state is not None and state.port == port and pid_alive(state.pid)
         secret = state.secret_key.get_secret_value()
         # the secret is never printed by default; the shell reads it from its 0600 file
         assert secret not in up.stdout and secret not in up.stderr
@@ -116,7 +105,7 @@ def test_s3_up_status_down_restart(tmp_path: Path) -> None:
         state.boto3_client().put_object(Bucket="devbucket", Key="kept.txt", Body=b"kept")
         down = _run("s3", "down", "--dir", str(data_dir), env=env)
         assert down.returncode == 0, down.stderr
-        assert not _alive(state.pid)
+        assert not pid_alive(state.pid)
         assert read_state(data_dir) is None
         assert _run("s3", "status", "--dir", str(data_dir), env=env).returncode == 4  # not found: nothing running
         assert _run("s3", "down", "--dir", str(data_dir), env=env).returncode != 0

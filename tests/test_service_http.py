@@ -289,9 +289,9 @@ def test_corrupt_promoted_set_keeps_old_set(server: Server, tmp_path: Path) -> N
     reg.publish_dir(d)
     bad = manifest.artifact_id
     # corrupt model.onnx behind the registry's back, then point the alias at it directly
-    key = reg._artifact_prefix(TASK, bad) + "model.onnx"
+    key = reg.layout.artifact_prefix(TASK, bad) + "model.onnx"
     s3.put_object(Bucket=s3_bucket(reg), Key=key, Body=b"not an onnx model" * 100)
-    alias_key = reg._alias_key(TASK, "production")
+    alias_key = reg.layout.alias_key(TASK, "production")
     current = reg.read_alias(TASK, "production").alias
     tampered = current.model_copy(update={"revision": current.revision + 1, "artifacts": [bad]})
     with server.client() as c:

@@ -106,7 +106,7 @@ def test_alias_to_missing_artifact_keeps_old_set(registry, tmp_path: Path) -> No
     # point the alias at an id that was never published, behind the registry's back
     snap = registry.read_alias(TASK, "production")
     bad = snap.alias.model_copy(update={"revision": snap.alias.revision + 1, "artifacts": ["0123456789abcdef"]})
-    registry.store.put(registry._alias_key(TASK, "production"), bad.model_dump_json().encode())
+    registry.store.put(registry.layout.alias_key(TASK, "production"), bad.model_dump_json().encode())
     before = _value("pocketgan_model_swap_failures_total", task=TASK, reason="not_found")
     asyncio.run(pool.refresh(TASK))
     assert pool.snapshot(TASK).artifact_ids == (a,)

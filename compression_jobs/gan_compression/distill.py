@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from compression_jobs.data import ImageSet, TrainStream
 from compression_jobs.gan_compression.common import progress
 from compression_jobs.gan_compression.config import DistillConfig
-from compression_jobs.gan_compression.ddp import BatchSync
+from compression_jobs.gan_compression.batch_sync import BatchSync
 from compression_jobs.losses import FeatureMapper, FeatureTap, GANLoss, default_distill_layers
 from compression_jobs.models.mobile import ChannelConfig
 
@@ -92,7 +92,7 @@ def train_distill(
 
     `sample_config(step)` picks the sub-network for a supernet student (None: use it as is).
     Under an initialised process group (torchrun) each rank trains on its share of every batch
-    and gradients are averaged over ranks (`ddp.BatchSync`): the same result as one process.
+    and gradients are averaged over ranks (`batch_sync.BatchSync`): the same result as one process.
     """
     sync = BatchSync.current()
     teacher.eval()
