@@ -297,7 +297,8 @@ class PocketGAN:
         intact (a fallback runs on it again). Returns (body, content type, tensor (H, W), inference s)."""
         m, gen = self.metrics, art.generator
         t0 = time.perf_counter()
-        x, size = gen.prepare(decoded.image, max_side=self.settings.max_side)
+        x, _ = gen.prepare(decoded.image, max_side=self.settings.max_side)
+        size = decoded.output_size  # the upload's size, also when the JPEG was decoded at a reduced scale
         if time.monotonic() > deadline:
             raise DeadlineExceeded
         t1 = time.perf_counter()
@@ -374,7 +375,8 @@ class PocketGAN:
         lane = self.large_limiter if w * h > self.settings.large_pixels else self.limiter
         try:
             decoded = await anyio.to_thread.run_sync(
-                lambda: decode_image(data, max_pixels=self.settings.max_pixels), limiter=lane
+                lambda: decode_image(data, max_pixels=self.settings.max_pixels, max_side=self.settings.max_side),
+                limiter=lane,
             )
             self.metrics.processing_duration.labels(task, "decode").observe(time.perf_counter() - started)
             fmt = out_fmt or decoded.format.lower()
