@@ -151,6 +151,30 @@ def stop_server(proc: subprocess.Popen | None) -> None:
 Level = tuple[list[float], float, int]
 
 
+def group_cpu_s(root: int) -> float:
+    """User + system CPU seconds of a live process and all its descendants (the server and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, int]] = {}  # pid -> (ppid, utime + stime ticks)
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid; utime + stime
+    tree, total, frontier = {root}, 0, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in procs.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    total = sum(procs[p][1] for p in tree if p in procs)
+    return total / tick
+
+
 def merge(parts: list[Level]) -> Level:
     """Pool rounds: all latencies, throughput = requests / summed wall time, failures summed."""
     lat = [x for p in parts for x in p[0]]
@@ -212,26 +236,25 @@ def main() -> None:
         select(cands, obs, req)
     print(f"selection decision time (4 candidates): {(time.perf_counter() - t0) / 2000 * 1e6:.1f} us")
 
-    # -- in-process modes
-    gate = threading.BoundedSemaphore(budget)
+    # -- in-process modes; the same-budget ones queue FIFO for `budget` job threads (like the service's lane)
+    lane = cf.ThreadPoolExecutor(budget)
 
     def raw_old() -> bool:
         gen_old.run(x)
         return True
 
     def raw_new() -> bool:
-        with gate:
-            gen_new.run(x)
+        lane.submit(gen_new.run, x).result()
         return True
+
+    def pipeline_job(data: bytes) -> None:
+        d = decode_image(data, max_pixels=1 << 24)
+        t, _ = image_to_tensor(d.image, size_multiple=gen_new.size_multiple)
+        encode_image(tensor_to_image(gen_new.run(t), d.output_size), "jpeg")
 
     def pipeline(i=[0]) -> bool:  # noqa: B006 - cheap round-robin over images
         i[0] += 1
-        data = images[i[0] % len(images)]
-        with gate:  # the service's lane: decode, then pre/infer/post/encode
-            img = decode_image(data, max_pixels=1 << 24).image
-        with gate:
-            t, size = image_to_tensor(img, size_multiple=gen_new.size_multiple)
-            encode_image(tensor_to_image(gen_new.run(t), size), "jpeg")
+        lane.submit(pipeline_job, images[i[0] % len(images)]).result()
         return True
 
     # profile measured right here (same machine, same session settings) so selection has data
@@ -248,6 +271,7 @@ def main() -> None:
     modes = ["raw_old", "raw", "pipeline", "http_old", "http_new"]
     parts: dict[str, dict[int, list[Level]]] = {m: {c: [] for c in args.concurrency} for m in modes}
     server_ms: dict[tuple[str, int], list[float]] = {}  # (layout, C) -> X-Pocketgan-Actual-Ms
+    cpu_s = {m: {c: 0.0 for c in args.concurrency} for m in modes}  # CPU seconds: this process / the server's
     try:
         settings = RegistrySettings(registry="s3://bench/r", s3_endpoint=s3.endpoint, region=s3.region,
                                     cache_dir=tmp / "cache", access_key_id=s3.access_key,
@@ -311,7 +335,11 @@ def main() -> None:
             for c in args.concurrency:
                 for m in order:
                     level[0] = (m, c) if m.startswith("http") else None
-                    parts[m][c].append(run_level(fns[m], c, per_round, args.max_seconds / args.rounds))
+                    pg = servers[m[5:]][0].pid if m.startswith("http") else None
+                    cpu0 = group_cpu_s(pg) if pg else time.process_time()
+                    res = run_level(fns[m], c, per_round, args.max_seconds / args.rounds)
+                    cpu_s[m][c] += (group_cpu_s(pg) if pg else time.process_time()) - cpu0
+                    parts[m][c].append(res)
         level[0] = None
         results = {m: {c: merge(parts[m][c]) for c in args.concurrency} for m in modes}
 
@@ -340,6 +368,7 @@ def main() -> None:
         for proc, _ in servers.values():
             stop_server(proc)
         stop(s3.pid)
+        lane.shutdown()
 
     print()
     load = os.getloadavg()
@@ -351,25 +380,30 @@ def main() -> None:
              "pipeline": "in-process pipeline, same budget",
              "http_old": f"HTTP, old layout (INFERENCE_THREADS {args.old_inference_threads}, default intra-op)",
              "http_new": f"HTTP, new layout ({args.workers} x {inf_threads} x {args.threads})"}
-    print("| C | mode | p50 / p95 / p99 ms | img/s | server-side p50 ms | failures |")
-    print("|---|---|---|---:|---:|---:|")
+    print("| C | mode | p50 / p95 / p99 ms | img/s | server-side p50 ms | CPU ms / image | failures |")
+    print("|---|---|---|---:|---:|---:|---:|")
     for c in args.concurrency:
         for m in modes:
             lat_m, tp, fl = results[m][c]
             side = server_ms.get((m, c))
             print(f"| {c} | {names[m]} | {f3(lat_m)} | {tp:.1f} | {pct(side, 50) if side else float('nan'):.1f} "
-                  f"| {fl} / {len(lat_m)} |")
+                  f"| {cpu_s[m][c] * 1000 / max(1, len(lat_m)):.1f} | {fl} / {len(lat_m)} |")
     print()
-    print("ratios (targets: HTTP - raw p50 <= 5 ms at C=1; HTTP / raw throughput >= 0.85 at C=16):")
+    print("ratios (targets: HTTP - raw p50 <= 5 ms at C=1; HTTP / raw throughput >= 0.85 at C=16). CPU: the service's "
+          "CPU ms per image (all its processes) minus raw ORT's (this process), load-independent-ish:")
     print("| C | layout | HTTP - raw p50 ms (old def.) | HTTP - raw p50 ms (same budget) | HTTP - pipeline p50 ms "
-          "| HTTP / raw img/s (old def.) | HTTP / raw img/s (same budget) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+          "| HTTP / raw img/s (old def.) | HTTP / raw img/s (same budget) | service - raw CPU ms / image |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    def cpu_per(m: str, c: int) -> float:
+        return cpu_s[m][c] * 1000 / max(1, len(results[m][c][0]))
+
     for c in args.concurrency:
         for layout in ("old", "new"):
             h = results[f"http_{layout}"][c]
             ro, rn, p = results["raw_old"][c], results["raw"][c], results["pipeline"][c]
             print(f"| {c} | {layout} | {pct(h[0], 50) - pct(ro[0], 50):+.1f} | {pct(h[0], 50) - pct(rn[0], 50):+.1f} "
-                  f"| {pct(h[0], 50) - pct(p[0], 50):+.1f} | {h[1] / ro[1]:.2f} | {h[1] / rn[1]:.2f} |")
+                  f"| {pct(h[0], 50) - pct(p[0], 50):+.1f} | {h[1] / ro[1]:.2f} | {h[1] / rn[1]:.2f} "
+                  f"| {cpu_per(f'http_{layout}', c) - cpu_per('raw', c):+.1f} |")
     print()
     print(f"promotion under load (new layout, C=4, {len(served)} requests): status codes {codes}, failures {fails}; "
           f"new set first served {((first_b or float('nan')) - (t_promote or float('nan'))):.2f} s after promote; "
