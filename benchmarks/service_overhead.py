@@ -1,17 +1,26 @@
 """Service overhead: raw ONNX Runtime in-process vs `POST /translate` over loopback HTTP.
 
 Same model (a mobile-ResNet student with random weights, exported by compression_jobs), same
-images (real facades photos, 256x256 JPEG), one run:
+images (real facades photos, 256x256 JPEG), one run, modes interleaved round by round (the CPU
+may be shared: read the ratios, not the absolute times):
 
-1. raw: `OnnxGenerator.run` on the preprocessed tensor, C threads sharing one session;
-2. full pipeline in-process (decode -> preprocess -> run -> postprocess -> encode), C threads;
-3. HTTP: `bentoml serve` (1 worker) + the real local S3 registry, C client threads;
+1. raw ORT, old definition: `OnnxGenerator.run` with ORT's default intra-op threads, C client
+   threads calling one session at once (what the first measurement of issue 14 compared with);
+2. raw ORT, same thread budget as the service layout: the layout's intra-op threads, at most
+   WORKERS x INFERENCE_THREADS runs at once (a semaphore), C client threads;
+3. the full pipeline in-process (decode -> preprocess -> run -> postprocess -> encode), same budget;
+4. HTTP, old layout: `bentoml serve` with 1 worker, INFERENCE_THREADS 16, ORT's default intra-op
+   threads (the layout issue 14 measured);
+5. HTTP, new layout (README "Service performance": workers x inference threads x intra-op
+   threads = cores): --workers, --inference-threads (default cores / workers), --threads (default 1).
 
-for C in 1, 4, 16: p50/p95/p99 latency, throughput and the HTTP/raw ratios. Then a promotion
-under load (C=4): zero failed requests expected, p99 during the swap window reported. Also the
-selection function's decision time. Bounded: at most --requests per level and --max-seconds each.
+for C in 1, 4, 16: p50/p95/p99 latency, throughput; then both ratios (old definition: HTTP vs
+mode 1; new: HTTP vs mode 2) for both layouts, side by side. Then a promotion under load (C=4,
+new layout): zero failed requests expected, p99 during the swap window reported. Also the
+selection function's decision time. Bounded: --requests per level and mode (split over
+--rounds), --max-seconds per level and mode.
 
-    python benchmarks/service_overhead.py [--requests 200] [--max-seconds 20] [--side 256]
+    python benchmarks/service_overhead.py [--requests 120] [--rounds 2] [--max-seconds 20] [--side 256]
 """
 
 from __future__ import annotations
@@ -26,8 +35,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.launcher import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -97,12 +110,68 @@ def export_student(out: Path, config: str, seed: int) -> str:
     return export_artifact(model, out, task=TASK, method="gan-compression").artifact_id
 
 
+def start_server(tmp: Path, name: str, base_env: dict[str, str], layout: dict[str, str]) -> "ServiceProcess":
+    """`bentoml serve` with one thread layout (service.launcher); returns once /readyz is 200."""
+    from service.launcher import ServiceProcess, ServiceStartError
+
+    env = dict(base_env)
+    env.update({"POCKETGAN_CACHE_DIR": str(tmp / f"svc-cache-{name}"), "BENTOML_HOME": str(tmp / f"bentoml-{name}")})
+    env.update(layout)
+    server = ServiceProcess(env, tmp / f"bentoml-{name}.log", cwd=REPO).start()
+    try:
+        server.wait_for("/readyz", 180)
+    except ServiceStartError as exc:
+        server.stop()
+        raise SystemExit(f"service {name}: {exc}") from exc
+    return server
+
+
+Level = tuple[list[float], float, int]
+
+
+def group_cpu_s(root: int) -> float:
+    """User + system CPU seconds of a live process and all its descendants (the server and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, int]] = {}  # pid -> (ppid, utime + stime ticks)
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid; utime + stime
+    tree, total, frontier = {root}, 0, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in procs.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    total = sum(procs[p][1] for p in tree if p in procs)
+    return total / tick
+
+
+def merge(parts: list[Level]) -> Level:
+    """Pool rounds: all latencies, throughput = requests / summed wall time, failures summed."""
+    lat = [x for p in parts for x in p[0]]
+    wall = sum(len(p[0]) / p[1] for p in parts if p[1] > 0)
+    return lat, (len(lat) / wall if wall else float("nan")), sum(p[2] for p in parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=120, help="requests per level and mode (split over rounds)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (order reversed every other round)")
     ap.add_argument("--max-seconds", type=float, default=20.0)
     ap.add_argument("--side", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)")
+    ap.add_argument("--workers", type=int, default=1, help="new layout: worker processes")
+    ap.add_argument("--threads", type=int, default=1, help="new layout: ORT intra-op threads per session")
+    ap.add_argument("--inference-threads", type=int, default=None,
+                    help="new layout: jobs at once per worker (default: cores / (workers x threads))")
+    ap.add_argument("--old-inference-threads", type=int, default=16, help="old layout: jobs at once (ORT default threads)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     args = ap.parse_args()
 
     import httpx
@@ -114,19 +183,26 @@ def main() -> None:
     from registry.manifest import HardwareProfile, LatencyMeasurement
     from registry.runtime import OnnxGenerator, image_to_tensor, tensor_to_image
     from service.images import decode_image, encode_image
-    from service.launcher import ServiceProcess, ServiceStartError
+    from service.launcher import ServiceProcess
     from service.selection import Candidate, Observed, SelectionRequest, select
 
+    cores = os.cpu_count() or 1
+    inf_threads = args.inference_threads or max(1, cores // (args.workers * args.threads))
+    budget = args.workers * inf_threads  # runs at once in the new layout
     tmp = Path(tempfile.mkdtemp(prefix="pocketgan-bench-"))
     images = facades_jpegs(args.side)
-    print(f"# pocketgan service overhead  (cpu cores: {os.cpu_count()}, image {args.side}x{args.side} JPEG, "
-          f"ORT {ort.__version__}, intra-op threads {args.threads or 'default'})")
+    print(f"# pocketgan service overhead  (cpu cores: {cores}, image {args.side}x{args.side} JPEG, ORT {ort.__version__})")
+    print(f"# old layout: 1 worker x INFERENCE_THREADS {args.old_inference_threads} x ORT default intra-op threads; "
+          f"new layout: {args.workers} worker(s) x INFERENCE_THREADS {inf_threads} x INTRA_OP_THREADS {args.threads} "
+          f"= {args.workers * inf_threads * args.threads} threads on {cores} cores")
 
     a_id = export_student(tmp / "a", "16_16_32_16_32_32_16_16", 0)
     b_id = export_student(tmp / "b", "16_16_32_24_24_24_16_16", 1)
-    gen = OnnxGenerator(tmp / "a" / "model.onnx", intra_op_threads=args.threads)
-    gen.warm_up(args.side, args.side, runs=3)
-    x, _ = image_to_tensor(decode_image(images[0], max_pixels=1 << 24).image, size_multiple=gen.size_multiple)
+    gen_old = OnnxGenerator(tmp / "a" / "model.onnx")
+    gen_new = OnnxGenerator(tmp / "a" / "model.onnx", intra_op_threads=args.threads)
+    for g in (gen_old, gen_new):
+        g.warm_up(args.side, args.side, runs=3)
+    x, _ = image_to_tensor(decode_image(images[0], max_pixels=1 << 24).image, size_multiple=gen_new.size_multiple)
 
     # -- 0. selection decision time
     cands = [Candidate(artifact_id=f"{i:016x}", macs=i * 1000, total_bytes=i,
@@ -139,35 +215,42 @@ def main() -> None:
         select(cands, obs, req)
     print(f"selection decision time (4 candidates): {(time.perf_counter() - t0) / 2000 * 1e6:.1f} us")
 
-    # -- 1/2. in-process baselines
-    def raw() -> bool:
-        gen.run(x)
+    # -- in-process modes; the same-budget ones queue FIFO for `budget` job threads (like the service's lane)
+    lane = cf.ThreadPoolExecutor(budget)
+
+    def raw_old() -> bool:
+        gen_old.run(x)
         return True
+
+    def raw_new() -> bool:
+        lane.submit(gen_new.run, x).result()
+        return True
+
+    def pipeline_job(data: bytes) -> None:
+        d = decode_image(data, max_pixels=1 << 24)
+        t, _ = image_to_tensor(d.image, size_multiple=gen_new.size_multiple)
+        encode_image(tensor_to_image(gen_new.run(t), d.output_size), "jpeg")
 
     def pipeline(i=[0]) -> bool:  # noqa: B006 - cheap round-robin over images
         i[0] += 1
-        img = decode_image(images[i[0] % len(images)], max_pixels=1 << 24).image
-        t, size = image_to_tensor(img, size_multiple=gen.size_multiple)
-        encode_image(tensor_to_image(gen.run(t), size), "jpeg")
+        lane.submit(pipeline_job, images[i[0] % len(images)]).result()
         return True
 
-    results: dict[str, dict[int, tuple[list[float], float, int]]] = {"raw": {}, "pipeline": {}, "http": {}}
-    for c in (1, 4, 16):
-        results["raw"][c] = run_level(raw, c, args.requests, args.max_seconds)
-        results["pipeline"][c] = run_level(pipeline, c, args.requests, args.max_seconds)
-
-    # profile measured right here (legit: same machine, same session settings) so selection has data
-    lat1 = results["raw"][1][0]
+    # profile measured right here (same machine, same session settings) so selection has data
+    lat1, tput1, _ = run_level(raw_new, 1, 20, 10)
     prof = HardwareProfile(
         hardware_tag=TAG, runtime_version=ort.__version__, threads=args.threads,
         measurements=[LatencyMeasurement(height=args.side, width=args.side, runs=len(lat1), p50_ms=pct(lat1, 50),
                                          p95_ms=pct(lat1, 95), p99_ms=max(pct(lat1, 99), pct(lat1, 95)),
-                                         throughput_ips=results["raw"][1][1])],
+                                         throughput_ips=tput1)],
     )
 
-    # -- 3. HTTP
     s3 = start_local_s3(tmp / "s3", bucket="bench")
-    server = None
+    servers: dict[str, ServiceProcess] = {}
+    modes = ["raw_old", "raw", "pipeline", "http_old", "http_new"]
+    parts: dict[str, dict[int, list[Level]]] = {m: {c: [] for c in args.concurrency} for m in modes}
+    server_ms: dict[tuple[str, int], list[float]] = {}  # (layout, C) -> X-Pocketgan-Actual-Ms
+    cpu_s = {m: {c: 0.0 for c in args.concurrency} for m in modes}  # CPU seconds: this process / the server's
     try:
         settings = RegistrySettings(registry="s3://bench/r", s3_endpoint=s3.endpoint, region=s3.region,
                                     cache_dir=tmp / "cache", access_key_id=s3.access_key,
@@ -180,55 +263,72 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POCKETGAN_"))}
         env.update(s3.env())
         env.update({
-            "POCKETGAN_REGISTRY": "s3://bench/r", "POCKETGAN_CACHE_DIR": str(tmp / "svc-cache"),
-            "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
+            "POCKETGAN_REGISTRY": "s3://bench/r", "BENTOML_DO_NOT_TRACK": "True",
             "AWS_CONFIG_FILE": str(tmp / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "none"),
             "POCKETGAN_SERVICE_TASKS": json.dumps([TASK]), "POCKETGAN_SERVICE_HARDWARE_TAG": TAG,
-            "POCKETGAN_SERVICE_POLL_INTERVAL_S": "1", "POCKETGAN_SERVICE_WORKERS": "1",
-            "POCKETGAN_SERVICE_MAX_CONCURRENCY": "256", "POCKETGAN_SERVICE_INFERENCE_THREADS": "16",
+            "POCKETGAN_SERVICE_POLL_INTERVAL_S": "1", "POCKETGAN_SERVICE_MAX_CONCURRENCY": "256",
             "POCKETGAN_SERVICE_WARMUP_SIZE": str(args.side),
         })
-        if args.threads:
-            env["POCKETGAN_SERVICE_INTRA_OP_THREADS"] = str(args.threads)
-        server = ServiceProcess(env, tmp / "bentoml.log", cwd=REPO).start()
-        url = server.url
-        try:
-            server.wait_for("/readyz", 120)
-        except ServiceStartError as exc:
-            raise SystemExit(str(exc)) from exc
+        servers["old"] = start_server(tmp, "old", env, {
+            "POCKETGAN_SERVICE_WORKERS": "1", "POCKETGAN_SERVICE_INFERENCE_THREADS": str(args.old_inference_threads)})
+        servers["new"] = start_server(tmp, "new", env, {
+            "POCKETGAN_SERVICE_WORKERS": str(args.workers), "POCKETGAN_SERVICE_INFERENCE_THREADS": str(inf_threads),
+            "POCKETGAN_SERVICE_INTRA_OP_THREADS": str(args.threads)})
 
         local = threading.local()
         served: list[tuple[float, float, int, str]] = []  # (start, ms, status, artifact)
-        server_ms: dict[int, list[float]] = {}  # concurrency -> X-Pocketgan-Actual-Ms (server-side processing)
-        level = [0]
+        level: list[tuple[str, int] | None] = [None]
         served_lock = threading.Lock()
 
-        def http(i=[0]) -> bool:  # noqa: B006
-            cl = getattr(local, "c", None)
-            if cl is None:
-                cl = local.c = httpx.Client(base_url=url, timeout=60)
-            i[0] += 1
-            t0 = time.perf_counter()
-            try:
-                r = cl.post("/translate", files={"image": ("x.jpg", images[i[0] % len(images)], "image/jpeg")},
-                            data={"task": TASK, "device_class": "desktop", "latency_budget_ms": "60000"})
-                status, art = r.status_code, r.headers.get("X-Pocketgan-Artifact", "")
-                if status == 200:
-                    server_ms.setdefault(level[0], []).append(float(r.headers["X-Pocketgan-Actual-Ms"]))
-            except httpx.HTTPError:
-                status, art = 0, ""
-            with served_lock:
-                served.append((t0, (time.perf_counter() - t0) * 1000, status, art))
-            return status == 200
+        def http_to(layout: str):
+            url = servers[layout].url
 
-        for _ in range(5):
-            http()
-        for c in (1, 4, 16):
-            level[0] = c
-            results["http"][c] = run_level(http, c, args.requests, args.max_seconds)
-        level[0] = -1
+            def http(i=[0]) -> bool:  # noqa: B006
+                clients = local.__dict__.setdefault("clients", {})
+                cl = clients.get(layout)
+                if cl is None:
+                    cl = clients[layout] = httpx.Client(base_url=url, timeout=60)
+                i[0] += 1
+                t0 = time.perf_counter()
+                try:
+                    r = cl.post("/translate", files={"image": ("x.jpg", images[i[0] % len(images)], "image/jpeg")},
+                                data={"task": TASK, "device_class": "desktop", "latency_budget_ms": "60000"})
+                    status, art = r.status_code, r.headers.get("X-Pocketgan-Artifact", "")
+                    if status == 200 and level[0] is not None:
+                        server_ms.setdefault(level[0], []).append(float(r.headers["X-Pocketgan-Actual-Ms"]))
+                except httpx.HTTPError:
+                    status, art = 0, ""
+                with served_lock:
+                    served.append((t0, (time.perf_counter() - t0) * 1000, status, art))
+                return status == 200
+            return http
 
-        # -- 4. promotion under load
+        fns = {"raw_old": raw_old, "raw": raw_new, "pipeline": pipeline,
+               "http_old": http_to("old"), "http_new": http_to("new")}
+        for layout in ("old", "new"):
+            for _ in range(5):
+                fns[f"http_{layout}"]()
+        idle_s = 6.0  # the servers' own CPU with no requests (registry polling, BentoML): subtracted per level
+        idle0 = {k: group_cpu_s(p.pid) for k, (p, _) in servers.items()}
+        time.sleep(idle_s)
+        idle_rate = {k: (group_cpu_s(p.pid) - idle0[k]) / idle_s for k, (p, _) in servers.items()}
+        per_round = max(1, args.requests // args.rounds)
+        for rnd in range(args.rounds):
+            order = modes if rnd % 2 == 0 else modes[::-1]
+            for c in args.concurrency:
+                for m in order:
+                    level[0] = (m, c) if m.startswith("http") else None
+                    pg = servers[m[5:]].proc.pid if m.startswith("http") else None
+                    cpu0 = group_cpu_s(pg) if pg else time.process_time()
+                    res = run_level(fns[m], c, per_round, args.max_seconds / args.rounds)
+                    cpu_s[m][c] += (group_cpu_s(pg) if pg else time.process_time()) - cpu0
+                    if pg:  # net of the server's idle CPU over the level's wall time
+                        cpu_s[m][c] -= idle_rate[m[5:]] * (len(res[0]) / res[1] if res[1] > 0 else 0.0)
+                    parts[m][c].append(res)
+        level[0] = None
+        results = {m: {c: merge(parts[m][c]) for c in args.concurrency} for m in modes}
+
+        # -- promotion under load (new layout)
         served.clear()
         stop_at = [None]
 
@@ -240,8 +340,8 @@ def main() -> None:
 
         th = threading.Thread(target=promote_later)
         th.start()
-        swap_n = max(args.requests, 400)
-        lat, tput, fails = run_level(http, 4, swap_n, max(args.max_seconds, 12.0))
+        swap_n = max(args.requests, 300)
+        lat, tput, fails = run_level(fns["http_new"], 4, swap_n, max(args.max_seconds, 12.0))
         th.join()
         t_promote = stop_at[0]
         first_b = min((s for s, _, st, a in served if a == b_id), default=None)
@@ -250,25 +350,52 @@ def main() -> None:
         outside = [ms for s, ms, _, _ in served if not (t_promote - 0.5 <= s <= (first_b or t_promote) + 1.0)]
         codes = sorted({st for _, _, st, _ in served})
     finally:
-        if server is not None:
+        for server in servers.values():
             server.stop()
         stop(s3.pid)
+        lane.shutdown()
 
     print()
     load = os.getloadavg()
-    print(f"load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores "
-          "(server-side = X-Pocketgan-Actual-Ms: decode..encode inside the service)")
-    print("| C | raw ORT p50/p95/p99 ms | raw img/s | in-process pipeline p50/p95/p99 | pipeline img/s "
-          "| HTTP p50/p95/p99 ms | server-side p50 ms | HTTP img/s | HTTP-raw p50 ms | HTTP-pipeline p50 ms | HTTP/raw throughput | HTTP failures |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for c in (1, 4, 16):
-        r, p, h = results["raw"][c], results["pipeline"][c], results["http"][c]
-        f = lambda L: f"{pct(L, 50):.2f} / {pct(L, 95):.2f} / {pct(L, 99):.2f}"  # noqa: E731
-        print(f"| {c} | {f(r[0])} | {r[1]:.1f} | {f(p[0])} | {p[1]:.1f} | {f(h[0])} | {pct(server_ms.get(c, []), 50):.2f} | {h[1]:.1f} "
-              f"| {pct(h[0], 50) - pct(r[0], 50):+.2f} | {pct(h[0], 50) - pct(p[0], 50):+.2f} | {h[1] / r[1]:.2f} "
-              f"| {h[2]} / {len(h[0])} |")
+    print(f"servers' idle CPU (polling the registry every 1 s): old {idle_rate['old'] * 1000:.1f} ms/s, "
+          f"new {idle_rate['new'] * 1000:.1f} ms/s (subtracted from their CPU ms / image)")
+    print(f"load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {cores} cores; "
+          f"{args.rounds} interleaved rounds; server-side = X-Pocketgan-Actual-Ms (decode..encode inside the service)")
+    f3 = lambda L: f"{pct(L, 50):.1f} / {pct(L, 95):.1f} / {pct(L, 99):.1f}"  # noqa: E731
+    names = {"raw_old": "raw ORT, old def. (default threads, C runs at once)",
+             "raw": f"raw ORT, same budget ({args.threads} thread(s), <= {budget} runs at once)",
+             "pipeline": "in-process pipeline, same budget",
+             "http_old": f"HTTP, old layout (INFERENCE_THREADS {args.old_inference_threads}, default intra-op)",
+             "http_new": f"HTTP, new layout ({args.workers} x {inf_threads} x {args.threads})"}
+    print("| C | mode | p50 / p95 / p99 ms | img/s | server-side p50 ms | CPU ms / image | failures |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for c in args.concurrency:
+        for m in modes:
+            lat_m, tp, fl = results[m][c]
+            side = server_ms.get((m, c))
+            print(f"| {c} | {names[m]} | {f3(lat_m)} | {tp:.1f} | {pct(side, 50) if side else float('nan'):.1f} "
+                  f"| {cpu_s[m][c] * 1000 / max(1, len(lat_m)):.1f} | {fl} / {len(lat_m)} |")
     print()
-    print(f"promotion under load (C=4, {len(served)} requests): status codes {codes}, failures {fails}; "
+    print("ratios (targets: HTTP - raw p50 <= 5 ms at C=1; HTTP / raw throughput >= 0.85 at C=16). CPU: raw ORT's CPU ms "
+          "per image (this process) / the service's (all its processes, net of idle): the throughput ratio on cores "
+          "the service had to itself, and far less sensitive to other jobs on a shared CPU than wall-clock ratios:")
+    print("| C | layout | HTTP - raw p50 ms (old def.) | HTTP - raw p50 ms (same budget) | HTTP - pipeline p50 ms "
+          "| HTTP / raw img/s (old def.) | HTTP / raw img/s (same budget) | service - raw CPU ms / image "
+          "| raw / service CPU per image (same budget) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    def cpu_per(m: str, c: int) -> float:
+        return cpu_s[m][c] * 1000 / max(1, len(results[m][c][0]))
+
+    for c in args.concurrency:
+        for layout in ("old", "new"):
+            h = results[f"http_{layout}"][c]
+            ro, rn, p = results["raw_old"][c], results["raw"][c], results["pipeline"][c]
+            print(f"| {c} | {layout} | {pct(h[0], 50) - pct(ro[0], 50):+.1f} | {pct(h[0], 50) - pct(rn[0], 50):+.1f} "
+                  f"| {pct(h[0], 50) - pct(p[0], 50):+.1f} | {h[1] / ro[1]:.2f} | {h[1] / rn[1]:.2f} "
+                  f"| {cpu_per(f'http_{layout}', c) - cpu_per('raw', c):+.1f} "
+                  f"| {cpu_per('raw', c) / cpu_per(f'http_{layout}', c):.2f} |")
+    print()
+    print(f"promotion under load (new layout, C=4, {len(served)} requests): status codes {codes}, failures {fails}; "
           f"new set first served {((first_b or float('nan')) - (t_promote or float('nan'))):.2f} s after promote; "
           f"p99 during swap window {pct(window, 99):.2f} ms (n={len(window)}) vs outside {pct(outside, 99):.2f} ms "
           f"(n={len(outside)}); throughput {tput:.1f} img/s")

@@ -271,18 +271,41 @@ def image_to_tensor(
 
     The image is converted with :func:`to_rgb` and resized (bicubic) to :func:`target_size`, so
     H and W are multiples of the model's `size_multiple`; :func:`tensor_to_image` resizes back.
+    An RGB image that is already upright (what `service.images.decode_image` returns) is used as
+    is: no copy. One pass writes the planar float tensor straight from the HWC bytes (float32
+    maths, bit-identical to ``asarray(float32) / 127.5 - 1`` then a transposed copy).
     """
-    rgb = to_rgb(img)
+    rgb = img if is_upright_rgb(img) else to_rgb(img)
     original = rgb.size
     size = target_size(*original, size_multiple=size_multiple, max_side=max_side, min_side=min_side)
     if size != original:
         rgb = rgb.resize(size, Image.Resampling.BICUBIC)
-    arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None]), original
+    hwc = np.asarray(rgb)
+    out = np.empty((1, 3, hwc.shape[0], hwc.shape[1]), np.float32)
+    np.divide(hwc.transpose(2, 0, 1), np.float32(127.5), out=out[0], dtype=np.float32)
+    np.subtract(out, np.float32(1.0), out=out)
+    return out, original
+
+
+def is_upright_rgb(img: Image.Image) -> bool:
+    """RGB with no EXIF rotation to apply: :func:`to_rgb` would only copy it."""
+    if img.mode != "RGB":
+        return False
+    if "exif" not in img.info and not getattr(img, "_exif", None):
+        return True
+    try:
+        return img.getexif().get(0x0112, 1) == 1  # Orientation
+    except Exception:  # noqa: BLE001 - malformed EXIF: to_rgb ignores it too
+        return True
 
 
 def tensor_to_image(arr: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
-    """(1x)CxHxW in [-1, 1] -> PIL (RGB for 3 channels, L for 1), clipped, resized (bicubic) to `size`=(W, H)."""
+    """(1x)CxHxW in [-1, 1] -> PIL (RGB for 3 channels, L for 1), clipped, resized (bicubic) to `size`=(W, H).
+
+    NaN -> 0 (mid-grey), +-inf -> the clip bounds. In place on one float32 buffer, planes merged by
+    Pillow instead of a strided numpy transpose: same pixels as clip -> +1 -> x127.5 -> round, ~4x
+    less time at 256x256 (see README "Service overhead").
+    """
     a = np.asarray(arr)
     if a.ndim == 4:
         if a.shape[0] != 1:
@@ -290,8 +313,17 @@ def tensor_to_image(arr: np.ndarray, size: tuple[int, int] | None = None) -> Ima
         a = a[0]
     if a.ndim != 3 or a.shape[0] not in (1, 3):
         raise InvalidInput(f"expected a 1x3xHxW or 1x1xHxW array, got shape {np.asarray(arr).shape}")
-    pixels = ((np.clip(np.nan_to_num(a.astype(np.float32)), -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
-    img = Image.fromarray(pixels[0], mode="L") if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB")
+    buf = np.clip(a, -1.0, 1.0, out=np.empty(a.shape, np.float32), dtype=np.float32)
+    nan = np.isnan(buf)
+    if nan.any():
+        buf[nan] = 0.0
+    buf += np.float32(1.0)
+    buf *= np.float32(127.5)
+    np.rint(buf, out=buf)
+    planes = buf.astype(np.uint8)
+    h, w = planes.shape[1:]
+    bands = [Image.frombuffer("L", (w, h), planes[c], "raw", "L", 0, 1) for c in range(planes.shape[0])]
+    img = bands[0].copy() if len(bands) == 1 else Image.merge("RGB", bands)
     if size is not None and tuple(size) != img.size:
         img = img.resize(tuple(size), Image.Resampling.BICUBIC)
     return img

@@ -297,7 +297,8 @@ class PocketGAN:
         intact (a fallback runs on it again). Returns (body, content type, tensor (H, W), inference s)."""
         m, gen = self.metrics, art.generator
         t0 = time.perf_counter()
-        x, size = gen.prepare(decoded.image, max_side=self.settings.max_side)
+        x, _ = gen.prepare(decoded.image, max_side=self.settings.max_side)
+        size = decoded.output_size  # the upload's size, also when the JPEG was decoded at a reduced scale
         if time.monotonic() > deadline:
             raise DeadlineExceeded
         t1 = time.perf_counter()
@@ -372,17 +373,26 @@ class PocketGAN:
         except ImageRejected as r:
             return self._reject(r)
         lane = self.large_limiter if w * h > self.settings.large_pixels else self.limiter
+        fmt = out_fmt or probed.format.lower()
+        decoded: list[Decoded] = []  # decoded once, in the first job; a fallback reuses it
+
+        def job(art: LoadedArtifact) -> tuple[bytes, str, tuple[int, int], float]:
+            """One worker-thread hop per attempt: decode (first attempt only), then `_run`."""
+            if not decoded:
+                if time.monotonic() > deadline:
+                    raise DeadlineExceeded
+                t0 = time.perf_counter()
+                decoded.append(decode_image(data, max_pixels=self.settings.max_pixels, max_side=self.settings.max_side))
+                self.metrics.processing_duration.labels(task, "decode").observe(time.perf_counter() - t0)
+            return self._run(art, decoded[0], fmt, task, deadline)
+
         try:
-            decoded = await anyio.to_thread.run_sync(
-                lambda: decode_image(data, max_pixels=self.settings.max_pixels), limiter=lane
-            )
-            self.metrics.processing_duration.labels(task, "decode").observe(time.perf_counter() - started)
-            fmt = out_fmt or decoded.format.lower()
-            # a model that raises is retried once on another (service.pool); never a 500 for a model's fault
+            # a model that raises is retried once on another (service.pool); never a 500 for a model's fault;
+            # a rejected image (ImageRejected from decoding) is the client's fault, not the model's: passed through
             served = await self.pool.run_with_fallback(
                 mset, task, device_class, budget, h, w,
-                lambda art: anyio.to_thread.run_sync(lambda: self._run(art, decoded, fmt, task, deadline), limiter=lane),
-                first=decision, passthrough=(DeadlineExceeded,),
+                lambda art: anyio.to_thread.run_sync(job, art, limiter=lane),
+                first=decision, passthrough=(DeadlineExceeded, ImageRejected),
             )
         except ImageRejected as r:
             return self._reject(r)
