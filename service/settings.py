@@ -7,15 +7,13 @@ Lists and dicts in env variables are JSON, e.g.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 import ipaddress
+import os
 import re
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
-from typing import Annotated
-
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
@@ -47,6 +45,18 @@ def container_memory_limit() -> int | None:
     return None
 
 
+def usable_cores() -> int:
+    """Cores this process may use: the cgroup (v2) CPU quota when one is set, else the CPU affinity."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -75,8 +85,11 @@ class ServiceSettings(BaseSettings):
     max_side: int | None = Field(default=None, ge=16, description="shrink larger inputs before inference")
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)
     min_observations: int = Field(default=5, ge=1, description="observations before they correct profiles")
-    intra_op_threads: int | None = Field(default=None, ge=1)
-    inference_threads: int = Field(default=4, ge=1, description="concurrent pre/infer/post jobs per worker")
+    # the thread rule (README "Service performance"): workers x inference_threads x intra_op_threads = cores
+    intra_op_threads: int | None = Field(default=1, ge=1, description="ONNX Runtime threads per run (None: ORT's default, all host cores)")
+    inference_threads: int | None = Field(
+        default=None, ge=1, description="concurrent decode/infer/encode jobs per worker; None = usable cores / workers"
+    )
     large_pixels: int = Field(
         default=512 * 512, ge=1,
         description="images above this many pixels run in the large lane, so they cannot take every inference thread",
@@ -204,6 +217,8 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _bounds(self) -> "ServiceSettings":
+        if self.inference_threads is None:
+            self.inference_threads = max(1, usable_cores() // self.workers)
         if self.default_device_class is not None and self.default_device_class not in self.device_classes:
             raise ValueError(f"default_device_class {self.default_device_class!r} is not one of device_classes")
         if self.min_budget_ms >= self.max_budget_ms:

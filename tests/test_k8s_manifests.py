@@ -295,6 +295,8 @@ def test_configmap_values_parse_with_the_real_settings(monkeypatch: pytest.Monke
     assert svc.tasks == json.loads(data["POCKETGAN_SERVICE_TASKS"])
     assert svc.device_classes == json.loads(data["POCKETGAN_SERVICE_DEVICE_CLASSES"])
     assert svc.intra_op_threads == int(data["POCKETGAN_SERVICE_INTRA_OP_THREADS"])
+    cpu_limit = int(_pod("Deployment")["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert svc.workers * svc.inference_threads * svc.intra_op_threads == cpu_limit, "thread rule: one job per core"
     mounts = {m["mountPath"] for m in _pod("Deployment")["spec"]["containers"][0]["volumeMounts"]}
     assert data["POCKETGAN_CACHE_DIR"] in mounts, "the registry cache must be on a writable volume"
 
