@@ -39,14 +39,10 @@ def build_discriminator(cfg: TeacherConfig, input_nc: int) -> PatchGANDiscrimina
 
 def load_teacher(cfg: TeacherConfig, path: Path, input_nc: int = 3, output_nc: int = 3) -> nn.Module:
     """Build the configured architecture and load a checkpoint strictly (weights_only)."""
+    from compression_jobs.checkpoints import load_state_dict_strict
+
     net = build_teacher(cfg, input_nc, output_nc)
-    state = load_state(path)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ValueError(f"{path} does not fit teacher arch={cfg.arch} ngf={cfg.ngf} n_blocks={cfg.n_blocks}: {first}") from exc
-    return net.eval()
+    return load_state_dict_strict(net, load_state(path), source=str(path)).eval()
 
 
 def _adam(params, lr: float, beta1: float) -> torch.optim.Adam:

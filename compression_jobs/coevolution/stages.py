@@ -33,8 +33,9 @@ from compression_jobs.pipeline import (
     _parts,
     _teacher,
     macs_budget,
+    teacher_template,
 )
-from compression_jobs.teacher import D_NAME, build_teacher, load_teacher
+from compression_jobs.teacher import D_NAME, load_teacher
 
 SEARCH_FILE = "coevolve.json"
 G_FILE = "net_G.pth"
@@ -101,8 +102,7 @@ def _searched(ctx: Context) -> tuple[Path, PrunedWidths]:
 
 
 def _compact(ctx: Context, widths: PrunedWidths, path: Path) -> torch.nn.Module:
-    job = ctx.job
-    net = build_pruned(build_teacher(job.teacher, job.data.input_nc, job.data.output_nc), widths)
+    net = build_pruned(teacher_template(ctx), widths)
     net.load_state_dict(load_state(path))
     return net.eval()
 

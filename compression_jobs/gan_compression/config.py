@@ -19,10 +19,16 @@ class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TeacherConfig(_Cfg):
-    """Train a pix2pix/CycleGAN teacher, or use a given `latest_net_G.pth` (pix2pix key layout)."""
+TEACHER_ARCH_FIELDS: tuple[str, ...] = ("arch", "ngf", "n_blocks", "num_downs", "norm")
+"""Teacher fields that describe its architecture: with `checkpoint` they are inferred from the
+file; the ones set explicitly (in the YAML next to `checkpoint`, or by --set) override."""
 
-    checkpoint: str | None = Field(default=None, description="existing latest_net_G.pth; skips training")
+
+class TeacherConfig(_Cfg):
+    """Train a pix2pix/CycleGAN teacher, or use a given generator checkpoint (any reference key layout,
+    architecture inferred; see compression_jobs/checkpoints.py)."""
+
+    checkpoint: str | None = Field(default=None, description="existing generator state dict; skips training")
     discriminator: str | None = Field(default=None, description="existing latest_net_D.pth (optional)")
     arch: Literal["resnet", "unet"] = "resnet"
     ngf: int = 64
@@ -40,6 +46,10 @@ class TeacherConfig(_Cfg):
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
+
+    def arch_overrides(self) -> dict[str, Any]:
+        """The architecture fields set explicitly (they win over what a checkpoint implies)."""
+        return {k: getattr(self, k) for k in TEACHER_ARCH_FIELDS if k in self.model_fields_set}
 
 
 class StudentSpace(_Cfg):
@@ -152,8 +162,14 @@ def embedded_config_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Load an embedded config by name (`tiny`, `small`, `full`) or a YAML file by path."""
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None,
+                teacher: str | Path | None = None) -> JobConfig:
+    """Load an embedded config by name (`tiny`, `small`, `full`) or a YAML file by path.
+
+    `teacher` (``compress run --teacher FILE``): use that checkpoint instead of training the
+    config's teacher; the config's teacher architecture fields are dropped (the file's are
+    inferred) and only `overrides` may set them again.
+    """
     p = Path(name_or_path)
     if p.is_file():
         text = p.read_text()
@@ -163,6 +179,10 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
             raise FileNotFoundError(f"no config file {name_or_path!r} and no embedded config of that name (have {names})")
         text = (resources.files("compression_jobs") / "configs" / f"{name_or_path}.yaml").read_text()
     data = yaml.safe_load(text) or {}
+    if teacher is not None:
+        section = data.setdefault("teacher", {}) or {}
+        data["teacher"] = {k: v for k, v in section.items() if k not in TEACHER_ARCH_FIELDS + ("discriminator",)}
+        data["teacher"]["checkpoint"] = str(teacher)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     return JobConfig.model_validate(data)
