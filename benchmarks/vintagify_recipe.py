@@ -33,7 +33,7 @@ from compression_jobs.pretrained import require_vintagify_teacher
 
 
 def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RESOURCE_SELF)
+    r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 

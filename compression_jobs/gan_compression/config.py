@@ -76,6 +76,13 @@ class DistillConfig(_Cfg):
     lambda_gt: float = 10.0
     distill_layers: int = Field(default=3, ge=0, description="residual blocks matched by 1x1 mappers")
     recon_loss: Literal["l1", "l2"] = "l1"
+    lambda_ssim: float = Field(default=0.0, ge=0, description="weight of (1 - SSIM) between student and teacher outputs")
+    lr_schedule: Literal["constant", "cosine"] = Field(default="constant", description="cosine: anneal to 0 over the steps")
+    train_crop: int | None = Field(default=None, ge=8, description=(
+        "training crop side (None: data.crop_size); smaller crops = cheaper steps, evaluation stays at data.crop_size"))
+    cache_teacher: bool = Field(default=False, description=(
+        "compute the teacher's outputs on the training images once (at data.load_size) and crop them with the inputs; "
+        "used when no feature distillation needs the teacher's activations (distill_layers 0)"))
 
 
 class SupernetConfig(_Cfg):
