@@ -235,7 +235,7 @@ def stage_distill(ctx: Context, out: Path) -> dict:
     log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.distill.steps,
                         lr=job.distill.lr, batch_size=job.distill.batch_size, seed=job.seed,
                         conditional_d=train.paired, sample_config=lambda _k: largest, desc="distill (largest student)",
-                        device=job.device)
+                        device=job.device, mixed_precision=job.mixed_precision)
     _save_parts(parts, out, "supernet.pth")
     return {"losses": log, "max_config": str(largest)}
 
@@ -251,7 +251,8 @@ def stage_train_supernet(ctx: Context, out: Path) -> dict:
                         lr=job.supernet.lr, batch_size=job.distill.batch_size, seed=job.seed + 1,
                         conditional_d=train.paired,
                         sample_config=supernet_sampler(sn.space, job.seed, job.supernet.sandwich),
-                        desc="train-supernet (once-for-all)", device=job.device)
+                        desc="train-supernet (once-for-all)", device=job.device,
+                        mixed_precision=job.mixed_precision)
     _save_parts(parts, out, "supernet.pth")
     return {"losses": log, "space_size": sn.space.size}
 
@@ -357,7 +358,8 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
         parts = _parts(ctx, student, teacher, train, "train-supernet", widths_from=sn)
         log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.finetune.steps,
                             lr=job.finetune.lr, batch_size=job.distill.batch_size, seed=job.seed + 2 + i,
-                            conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device)
+                            conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device,
+                            mixed_precision=job.mixed_precision)
         save_state(student, out / cfg / "net_G.pth")
         results[cfg] = log
     return {"finetuned": list(results), "losses": results}

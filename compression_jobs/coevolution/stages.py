@@ -154,7 +154,7 @@ def stage_prune_finetune(ctx: Context, out: Path) -> dict:
         logs[str(widths)] = train_distill(
             teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
             batch_size=job.distill.batch_size, seed=job.seed + 3 + i, conditional_d=train.paired,
-            desc=f"prune-finetune {widths}", device=job.device)
+            desc=f"prune-finetune {widths}", device=job.device, mixed_precision=job.mixed_precision)
         save_state(student, out / name)
     first = str(found[0][0])
     return {"channel_config": first, "students": list(logs), "steps": cfg.finetune_steps, "losses": logs[first]}

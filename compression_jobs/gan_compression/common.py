@@ -69,3 +69,9 @@ def load_state(path: Path) -> dict:
 def counter_bar(desc: str, total: int | None = None) -> tqdm:
     """A tqdm bar updated by hand (e.g. one tick per scored sub-network)."""
     return tqdm(total=total, desc=desc, file=sys.stderr, disable=_bars_off(), dynamic_ncols=True, leave=False)
+
+
+def autocast(device: str, mixed_precision: str):  # noqa: ANN201 - a torch.autocast context
+    """bf16 autocast on `device` when `mixed_precision` is "bf16" (no loss scaling needed), else a no-op context."""
+    dev = torch.device(device).type
+    return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")

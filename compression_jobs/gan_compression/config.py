@@ -148,6 +148,8 @@ class JobConfig(_Cfg):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(default=None, description="torch threads (None: leave as is)")
+    mixed_precision: Literal["off", "bf16"] = Field(default="off", description=(
+        "bf16 autocast for teacher training and distillation (GPUs with bf16, e.g. scripts/gpu-compress)"))
     deterministic: bool = True
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

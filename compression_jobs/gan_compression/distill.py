@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compression_jobs.data import ImageSet, TrainStream
-from compression_jobs.gan_compression.common import progress
+from compression_jobs.gan_compression.common import autocast, progress
 from compression_jobs.gan_compression.config import DistillConfig
 from compression_jobs.gan_compression.ddp import BatchSync
 from compression_jobs.losses import FeatureMapper, FeatureTap, GANLoss, default_distill_layers
@@ -114,6 +114,7 @@ def train_distill(
     sample_config: ConfigSampler | None = None,
     desc: str = "distill",
     device: str = "cpu",
+    mixed_precision: str = "off",
 ) -> dict[str, float]:
     """Run `steps` distillation steps in place on `parts`; returns the last step's losses.
 
@@ -162,25 +163,28 @@ def train_distill(
             if cached:
                 t_out, gt = gt, None  # the cached teacher output is the only target
             else:
-                with torch.no_grad():
+                with torch.no_grad(), autocast(device, mixed_precision):
                     t_out = teacher(x)
             config = sample_config(step) if sample_config is not None else None
             if sync is not None:
                 sync.check_same(config)
-            s_out = student(x, config) if config is not None else student(x)
+            with autocast(device, mixed_precision):
+                s_out = student(x, config) if config is not None else student(x)
             loss_d = torch.zeros((), device=dev)
             if use_gan:  # discriminator: teacher output is "real", student output "fake"
                 opt_d.zero_grad(set_to_none=True)
-                loss_d = 0.5 * (
-                    gan(D(_cond(x, t_out, conditional_d)), True) + gan(D(_cond(x, s_out.detach(), conditional_d)), False)
-                )
+                with autocast(device, mixed_precision):
+                    loss_d = 0.5 * (gan(D(_cond(x, t_out, conditional_d)), True)
+                                    + gan(D(_cond(x, s_out.detach(), conditional_d)), False))
                 loss_d.backward()
                 if sync is not None:
                     sync.average_gradients(D.parameters())
                 opt_d.step()
             # student
             opt_g.zero_grad(set_to_none=True)
-            loss_gan = gan(D(_cond(x, s_out, conditional_d)), True, for_discriminator=False) if use_gan else loss_d
+            with autocast(device, mixed_precision):
+                loss_gan = gan(D(_cond(x, s_out, conditional_d)), True, for_discriminator=False) if use_gan else loss_d
+            s_out, t_out = s_out.float(), t_out.float()
             loss_recon = recon(s_out, t_out)
             total = cfg.lambda_gan * loss_gan + cfg.lambda_recon * loss_recon
             loss_ssim = torch.zeros((), device=dev)
@@ -189,7 +193,8 @@ def train_distill(
                 total = total + cfg.lambda_ssim * loss_ssim
             loss_distill = torch.zeros((), device=dev)
             if mapper is not None:
-                loss_distill = mapper(tap_s.features(), tap_t.features())
+                with autocast(device, mixed_precision):
+                    loss_distill = mapper(tap_s.features(), tap_t.features()).float()
                 total = total + cfg.lambda_distill * loss_distill
             loss_gt = torch.zeros((), device=dev)
             if gt is not None and train.paired and cfg.lambda_gt > 0:
