@@ -45,14 +45,14 @@ def reinit(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return net
 
 
-def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed) -> None:
+def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed, on_eval=None, eval_every=0) -> None:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(student.parameters(), lr=lr, betas=(0.5, 0.999))
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cos"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
     student.train()
     n, load = src.shape[0], src.shape[-1]
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(0, n, (batch,), generator=g)
         y0, x0 = (int(v) for v in torch.randint(0, load - crop + 1, (2,), generator=g))
         x = src[idx, :, y0:y0 + crop, x0:x0 + crop]
@@ -65,6 +65,10 @@ def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed) ->
         total.backward()
         opt.step()
         sched.step()
+        if on_eval is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            student.eval()
+            on_eval(step + 1)
+            student.train()
     student.eval()
 
 
@@ -80,6 +84,7 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=160)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default="/tmp/vintagify_cache.pt")
+    ap.add_argument("--eval-every", type=int, default=0, help="also print SSIM every N steps (the convergence curve)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     teacher, _ = resolve_generator(require_vintagify_teacher())
@@ -106,9 +111,17 @@ def main() -> None:
                 reinit(student, 0)
             macs = count_macs(student, 256)
             c0, w0 = cpu_seconds(), time.time()
+
+            def on_eval(step: int, student=student, variant=variant) -> None:
+                with torch.no_grad():
+                    m = fidelity(student, test, c["test_t"], 8)
+                print(json.dumps({"variant": variant, "ratio": round(t_macs / macs, 1), "at_step": step,
+                                  "cpu_s": round(cpu_seconds() - c0), "wall_s": round(time.time() - w0),
+                                  "ssim_t": round(m["ssim_to_teacher"], 4)}), flush=True)
+
             if args.steps:
                 train(student, c["src"], c["tgt"], steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr,
-                      loss=loss, schedule=schedule, seed=0)
+                      loss=loss, schedule=schedule, seed=0, on_eval=on_eval, eval_every=args.eval_every)
             with torch.no_grad():
                 m = fidelity(student, test, c["test_t"], 8)
             print(json.dumps({"variant": variant, "ratio": round(t_macs / macs, 1), "widths": str(student.config),

@@ -50,7 +50,7 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         assert all(0 < c["ssim_to_teacher_served"] <= 1 for c in cols[1:])
         for t in summary["translations"]:
             out = Image.open(t["output"])
-            assert out.size == (64, 64) and out.mode == "RGB"
+            assert out.mode == "RGB" and out.size[0] == out.size[1] >= 64
         impossible = [t for t in summary["translations"] if t["budget_ms"] == 1.0]
         assert len(impossible) == 2 and all(t["no_eligible"] and not t["budget_met"] for t in impossible)
         sheet = Image.open(work / "outputs" / "side_by_side.png")
