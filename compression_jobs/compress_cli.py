@@ -26,20 +26,26 @@ STAGE_HELP = {
 """Stage commands (`pocketgan compress <stage>`); a stage runs only when the config's method has it."""
 
 
-def job_context(config: str, run_dir: str | None, inception_weights: str | None,
-                overrides: tuple[str, ...], teacher: str | None = None, publish_all: bool = False) -> Context:
-    """The job context for CLI arguments (config name or path, --set overrides, --teacher); bad config: one-line error."""
+def parse_overrides(items: tuple[str, ...]) -> dict:
+    """`--set key=value` items as {dotted key: YAML-parsed value}; a malformed one is a usage error."""
     import yaml
 
-    from compression_jobs.gan_compression.config import load_config
-    from compression_jobs.pipeline import Context
-
     parsed = {}
-    for item in overrides:
+    for item in items:
         if "=" not in item:
             raise click.BadParameter(f"--set expects key=value, got {item!r}", param_hint="--set")
         key, value = item.split("=", 1)
         parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def job_context(config: str, run_dir: str | None, inception_weights: str | None,
+                overrides: tuple[str, ...], teacher: str | None = None, publish_all: bool = False) -> Context:
+    """The job context for CLI arguments (config name or path, --set overrides, --teacher); bad config: one-line error."""
+    from compression_jobs.gan_compression.config import load_config
+    from compression_jobs.pipeline import Context
+
+    parsed = parse_overrides(overrides)
     try:
         job = load_config(config, parsed, teacher=teacher)
     except FileNotFoundError as exc:

@@ -236,18 +236,6 @@ def side_by_side(rows: list[list[Image.Image]], headers: list[str], path: Path, 
     return path
 
 
-def _overrides(items: tuple[str, ...]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise click.BadParameter(f"--set expects key=value, got {item!r}", param_hint="--set")
-        key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("pocketgan-demo"),
               show_default=True, help="Where the S3 data, the run, the service log and the outputs go.")
@@ -277,6 +265,7 @@ def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[
     latency and SSIM to the teacher. The S3 server keeps running afterwards (the printed `export`
     lines reach it; `pocketgan s3 down --dir WORKDIR/s3` stops it).
     """
+    from compression_jobs.compress_cli import parse_overrides
     from compression_jobs.data import load_samples
     from compression_jobs.pretrained import require_vintagify_teacher
     from registry.client import Registry
@@ -295,7 +284,7 @@ def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[
     os.environ.update(env)
     registry = Registry(RegistrySettings.from_env())
 
-    job, published = compress(config, workdir / "run", registry, teacher, _overrides(overrides), publish_all)
+    job, published = compress(config, workdir / "run", registry, teacher, parse_overrides(overrides), publish_all)
     task = job.task
     ids = [p["artifact_id"] for p in published]
     manifests = {aid: registry.get_manifest(aid, task) for aid in ids}
