@@ -61,7 +61,9 @@ class CompareResult(BaseModel):
 
 
 def _job_for(job: JobConfig, method: str) -> JobConfig:
-    return JobConfig.model_validate({**job.model_dump(), "method": method})
+    """The job with another method; a copy, so which teacher fields were set explicitly is kept
+    (re-validating a dump would turn every default into an override of a given checkpoint)."""
+    return job.model_copy(deep=True, update={"method": method})
 
 
 def calibration_images(job: JobConfig, folder: Path, n: int = 32) -> Path:
