@@ -131,3 +131,16 @@ def test_config_teacher_fields_override_what_the_checkpoint_implies(vintagify, t
     assert res.exit_code != 0
     assert "given: norm=instance" in res.output and "unexpected keys (" in res.output and "model.2.weight" in res.output
     assert "stage 'train-teacher' failed" in res.output
+
+
+def test_teacher_option_drops_the_configs_teacher_architecture_but_keeps_set_overrides(vintagify):
+    from compression_jobs.compare import _job_for
+    from compression_jobs.gan_compression.config import load_config
+
+    tiny = load_config("tiny")
+    assert tiny.teacher.arch_overrides()["ngf"] == 16  # the teacher tiny would train
+    job = load_config("tiny", {"teacher.norm": "instance-affine"}, teacher=vintagify)
+    assert job.teacher.checkpoint == str(vintagify)
+    assert job.teacher.arch_overrides() == {"norm": "instance-affine"}  # only what --set gave
+    # compare switches methods on a copy: defaults must not turn into overrides of the checkpoint
+    assert _job_for(job, "omgd").teacher.arch_overrides() == {"norm": "instance-affine"}
