@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +60,24 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         assert "FLAGGED" in (work / "run" / "export" / "report.md").read_text()
         assert "side by side:" in first.stdout and "export POCKETGAN_REGISTRY=" in first.stdout
 
-        again = _demo(work, env)
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert "reusing local S3" in again.stderr
-        assert "[run ]" not in again.stderr and again.stderr.count("[skip]") >= 5
+        # again, with --serve: reuses everything, then keeps serving and says how to stop it
+        again = subprocess.Popen(
+            [str(PKG_BIN), "demo", "--workdir", str(work), "--images", "2", "--publish-all", "--serve", *SHORT],
+            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = ""
+            for line in again.stdout:
+                if line.startswith("serving on"):
+                    break
+            match = re.search(r"\(pid (\d+)\).*kill -TERM -- -(\d+)", line)
+            assert match and match.group(1) == match.group(2), line
+            os.killpg(int(match.group(1)), signal.SIGTERM)  # the printed stop command
+            out, err = again.communicate(timeout=120)
+        finally:
+            if again.poll() is None:
+                again.kill()
+        assert again.returncode == 0, err[-3000:]
+        assert "reusing local S3" in err
+        assert "[run ]" not in err and err.count("[skip]") >= 5
     finally:
         subprocess.run([str(PKG_BIN), "s3", "down", "--dir", str(work / "s3")], env=env, capture_output=True)
