@@ -5,9 +5,16 @@ Loading is **strict** after the same clean-ups the reference code applies
 (``BaseModel.load_networks``): a DataParallel ``module.`` prefix is stripped and, as in
 ``__patch_instance_norm_state_dict``, ``running_mean``/``running_var`` keys of InstanceNorm
 layers that do not track running stats (written by PyTorch < 0.4) and InstanceNorm
-``num_batches_tracked`` keys are dropped. One more alias is accepted: residual blocks whose
-Sequential is called ``block`` instead of ``conv_block`` (the vintagify CycleGAN teacher).
-Anything else that does not match is an error listing the missing and unexpected keys.
+``num_batches_tracked`` keys are dropped. Common variants are accepted too: a model-name prefix
+(``netG.``, ``netG_A.``, ``netG_B.``, ``generator.``, also after ``module.``), containers
+(``{"state_dict": …}``, ``{"netG": …}``, ``{"model": …}``) and residual blocks whose Sequential
+is called ``block`` instead of ``conv_block`` (the vintagify CycleGAN teacher).
+Anything else that does not match is an error listing every missing and unexpected key and what
+was inferred from the checkpoint.
+
+One loader for everything that reads a teacher: ``pocketgan export``, ``pocketgan macs
+--checkpoint`` and every compression method (``compress run --teacher``) use
+:func:`resolve_generator`.
 """
 
 from __future__ import annotations
@@ -53,8 +60,7 @@ def clean_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> "Or
     """Apply the reference code's load-time fixes so that `state` can be loaded strictly into `model`."""
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
+        key = strip_prefixes(key)
         key = re.sub(r"^(model\.\d+)\.block\.", r"\1.conv_block.", key)
         out[key] = value
     modules = dict(model.named_modules())
@@ -69,8 +75,26 @@ def clean_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> "Or
     return out
 
 
-def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
-    """Strict load with one clear error naming missing/unexpected keys and shape mismatches."""
+MODEL_PREFIXES: tuple[str, ...] = ("module.", "netG.", "netG_A.", "netG_B.", "generator.", "G.")
+"""Key prefixes written by DataParallel / model wrappers, stripped (repeatedly) before matching."""
+
+
+def strip_prefixes(key: str) -> str:
+    """``module.netG.model.1.weight`` -> ``model.1.weight``."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in MODEL_PREFIXES:
+            if key.startswith(prefix) and len(key) > len(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                           inferred: Mapping[str, Any] | None = None,
+                           given: Mapping[str, Any] | None = None) -> nn.Module:
+    """Strict load; a mismatch is one error listing every missing/unexpected key, every shape
+    mismatch and (when given) the hyper-parameters that were inferred/used to build `model`."""
     state = clean_state_dict(state, model)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -78,23 +102,43 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
-        parts = []
+        lines = [f"{source} does not fit {model.__class__.__name__}"
+                 + (f" (inferred from the checkpoint: {_kv(inferred)})" if inferred else "")
+                 + (f" (given: {_kv(given)})" if given else "") + ":"]
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
         if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {_short(shapes)}")
-        raise CheckpointError(f"{source} does not fit {model.__class__.__name__}: " + "; ".join(parts))
+            lines.append(f"  shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
+        lines.append("  (override what was inferred with --arch/--ngf/--n-blocks/--norm, or the config's teacher.* fields)")
+        raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=True)
     return model
 
 
-def _short(items: list[str], n: int = 6) -> str:
-    return ", ".join(items[:n]) + (f", … (+{len(items) - n} more)" if len(items) > n else "")
+def _kv(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def detect_arch(state: Mapping[str, torch.Tensor]) -> str:
+    """``unet`` for the reference U-Net layout (``model.model.0.weight``), else ``resnet``."""
+    sd = clean_state_dict(state, nn.Module())
+    return "unet" if "model.model.0.weight" in sd else "resnet"
 
 
 def infer_generator_kwargs(state: Mapping[str, torch.Tensor], arch: str) -> dict[str, Any]:
+    """Hyper-parameters a state dict implies (see :func:`_infer`); CheckpointError when it has not the layout."""
+    try:
+        return _infer(state, arch)
+    except (IndexError, KeyError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"cannot infer {arch} hyper-parameters: unexpected tensor shapes "
+                              f"({exc.__class__.__name__}: {exc})") from exc
+
+
+def _infer(state: Mapping[str, torch.Tensor], arch: str) -> dict[str, Any]:
     """Guess ngf / n_blocks / num_downs / norm / use_dropout / channels from a state dict's keys and shapes.
 
     - resnet: ngf and input_nc from ``model.1.weight``; n_blocks = number of ``model.N.conv_block``;
@@ -134,16 +178,44 @@ def infer_generator_kwargs(state: Mapping[str, torch.Tensor], arch: str) -> dict
     raise CheckpointError(f"cannot infer hyper-parameters for arch {arch!r} (use resnet or unet, or pass them)")
 
 
+TEACHER_KEYS: dict[str, tuple[str, ...]] = {
+    "resnet": ("ngf", "n_blocks", "norm", "use_dropout", "input_nc", "output_nc"),
+    "unet": ("ngf", "num_downs", "norm", "use_dropout", "input_nc", "output_nc"),
+}
+"""The builder arguments that describe a teacher of each family (what `resolve_generator` records)."""
+
+
+def resolve_generator(path: Path | str, arch: str = "resnet", **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Build `arch` from what the checkpoint implies (non-None `overrides` win) and load strictly.
+
+    Returns (model in eval mode, the builder arguments used incl. ``arch``), so a run can record
+    the teacher's architecture and rebuild it later. Raises CheckpointError (all keys listed).
+    """
+    state = read_state_dict(path)
+    params: dict[str, Any] = {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if arch in ("resnet", "unet"):
+        try:
+            params.update(infer_generator_kwargs(state, arch))
+        except CheckpointError as exc:
+            if not set(given) >= {"ngf", "norm"}:
+                keys = list(clean_state_dict(state, nn.Module()))
+                raise CheckpointError(f"{path}: {exc}; its keys ({len(keys)}): {', '.join(keys)}") from exc
+    inferred = dict(params)
+    params.update(given)
+    try:
+        model = build_generator(arch, **params)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build {arch} with {_kv(params)}: {exc}") from exc
+    load_state_dict_strict(model, state, source=str(path), inferred=inferred, given=given)
+    keep = TEACHER_KEYS.get(arch)
+    record = {"arch": arch, **({k: params[k] for k in keep if k in params} if keep else params)}
+    return model.eval(), record
+
+
 def load_generator_state_dict(path: Path | str, arch: str = "resnet", **kwargs: Any) -> nn.Module:
     """Build `arch` (resnet, unet, mobile-resnet; kwargs override what the state dict implies) and load strictly.
 
     Returns the model in eval mode. Raises CheckpointError listing mismatching keys.
     """
-    state = read_state_dict(path)
-    params: dict[str, Any] = {}
-    if arch in ("resnet", "unet"):
-        params.update(infer_generator_kwargs(state, arch))
-    params.update({k: v for k, v in kwargs.items() if v is not None})
-    model = build_generator(arch, **params)
-    load_state_dict_strict(model, state, source=str(path))
-    return model.eval()
+    return resolve_generator(path, arch, **kwargs)[0]

@@ -36,23 +36,46 @@ def _build(arch: str, ngf: int, n_blocks: int, num_downs: int, norm: str | None,
         raise InvalidInput(str(exc)) from exc
 
 
+def _from_checkpoint(path: Path, arch: str | None, ngf: int | None, n_blocks: int | None, num_downs: int | None,
+                     norm: str | None):  # noqa: ANN202
+    """A teacher generator from a checkpoint via the one loader (given options override what it implies)."""
+    from compression_jobs.checkpoints import CheckpointError, detect_arch, read_state_dict, resolve_generator
+
+    try:
+        arch = arch or detect_arch(read_state_dict(path))
+        if arch not in ("resnet", "unet"):
+            raise InvalidInput("--checkpoint reads teacher generators: --arch resnet or unet")
+        return resolve_generator(path, arch=arch, ngf=ngf, n_blocks=n_blocks, num_downs=num_downs, norm=norm)
+    except CheckpointError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
 @click.command("macs")
-@click.option("--arch", type=click.Choice(ARCHES), default="resnet", show_default=True)
-@click.option("--ngf", type=int, default=64, show_default=True, help="Base width (resnet, unet, supernet max).")
-@click.option("--n-blocks", type=int, default=9, show_default=True, help="Residual blocks (resnet, mobile-resnet, supernet).")
-@click.option("--num-downs", type=int, default=8, show_default=True, help="U-Net downsamplings (8 = unet_256).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Count a generator checkpoint (architecture inferred; --arch/--ngf/--n-blocks/--norm override).")
+@click.option("--arch", type=click.Choice(ARCHES), default=None, help="Architecture [default: resnet; inferred with --checkpoint].")
+@click.option("--ngf", type=int, default=None, help="Base width (resnet, unet, supernet max) [default: 64].")
+@click.option("--n-blocks", type=int, default=None, help="Residual blocks (resnet, mobile-resnet, supernet) [default: 9].")
+@click.option("--num-downs", type=int, default=None, help="U-Net downsamplings (8 = unet_256) [default: 8].")
 @click.option("--norm", type=click.Choice(NORM_CHOICES), default=None, help="Norm (does not change MACs; changes params).")
 @click.option("--config", "config", default=None, help="Channel config for mobile-resnet / a supernet sub-network.")
 @click.option("--size", type=int, default=256, show_default=True, help="Input height (and width unless --width).")
 @click.option("--width", type=int, default=None, help="Input width (default: --size).")
 @click.option("--exact-transposed", is_flag=True, help="Count transposed convs by input elements (not the published convention).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def macs_cli(arch: str, ngf: int, n_blocks: int, num_downs: int, norm: str | None, config: str | None, size: int,
-             width: int | None, exact_transposed: bool, as_json: bool) -> None:
+def macs_cli(checkpoint: Path | None, arch: str | None, ngf: int | None, n_blocks: int | None, num_downs: int | None,
+             norm: str | None, config: str | None, size: int, width: int | None, exact_transposed: bool,
+             as_json: bool) -> None:
     """Count MACs and parameters of a generator at a given input size (convention in --help of counting)."""
     from compression_jobs.counting import CONVENTION, count_active_params, count_macs, count_params
 
-    model, fwd = _build(arch, ngf, n_blocks, num_downs, norm, config)
+    spec = None
+    if checkpoint is not None:
+        model, spec = _from_checkpoint(checkpoint, arch, ngf, n_blocks, num_downs, norm)
+        arch, fwd = spec["arch"], {}
+    else:
+        arch = arch or "resnet"
+        model, fwd = _build(arch, ngf or 64, n_blocks or 9, num_downs or 8, norm, config)
     width = width or size
     multiple = getattr(model, "size_multiple", 4)
     if size % multiple or width % multiple:
@@ -62,11 +85,15 @@ def macs_cli(arch: str, ngf: int, n_blocks: int, num_downs: int, norm: str | Non
     result = {"arch": arch, "height": size, "width": width, "macs": macs, "gmacs": round(macs / 1e9, 4), "params": params,
               "mparams": round(params / 1e6, 4), "config": config,
               "convention": "exact transposed" if exact_transposed else CONVENTION}
+    if spec is not None:
+        result["checkpoint"] = str(checkpoint)
+        result["architecture"] = spec
     if as_json:
         click.echo(json.dumps(result))
     else:
         click.echo(f"{arch} {size}x{width}: {macs / 1e9:.3f} GMACs, {params / 1e6:.3f} M params"
-                   + (f" (config {config})" if config else ""))
+                   + (f" (config {config})" if config else "")
+                   + (" (" + " ".join(f"{k}={v}" for k, v in spec.items() if k != "arch") + ")" if spec else ""))
 
 
 @click.command("export")

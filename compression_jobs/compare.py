@@ -61,7 +61,9 @@ class CompareResult(BaseModel):
 
 
 def _job_for(job: JobConfig, method: str) -> JobConfig:
-    return JobConfig.model_validate({**job.model_dump(), "method": method})
+    """The job with another method; a copy, so which teacher fields were set explicitly is kept
+    (re-validating a dump would turn every default into an override of a given checkpoint)."""
+    return job.model_copy(deep=True, update={"method": method})
 
 
 def calibration_images(job: JobConfig, folder: Path, n: int = 32) -> Path:
@@ -103,7 +105,7 @@ def quantize_winner(ctx: Context, folder: Path, out: Path, calib: Path) -> str:
         return torch.cat([torch.from_numpy(session.run(xi[None].numpy().astype("float32"))) for xi in x])
 
     test, teacher_out, _ = _held_out(ctx)
-    q = _quality(ctx, generate, test, teacher_out)
+    q = _quality(ctx, generate, test, teacher_out, read_artifact_dir(folder, verify=False).quality.baselines)
     q = q.model_copy(update={"psnr_to_fp32": manifest.quality.psnr_to_fp32,
                              "notes": [*q.notes, "PSNR/SSIM measured on the INT8 model (ONNX Runtime, CPU)",
                                        *[n for n in manifest.quality.notes if n.startswith("psnr_to_fp32")]]})
@@ -115,7 +117,8 @@ def quantize_winner(ctx: Context, folder: Path, out: Path, calib: Path) -> str:
 
 
 def run_compare(job: JobConfig, root: Path, *, registry: object | None = None, inception_weights: Path | None = None,
-                methods: tuple[str, ...] = METHODS, echo: Callable[[str], None] = lambda _m: None) -> CompareResult:
+                methods: tuple[str, ...] = METHODS, echo: Callable[[str], None] = lambda _m: None,
+                publish_all: bool = False) -> CompareResult:
     """Every method on one teacher (trained once), then INT8 of each winner; resumable (re-run continues)."""
     root.mkdir(parents=True, exist_ok=True)
     results: list[MethodResult] = []
@@ -128,7 +131,7 @@ def run_compare(job: JobConfig, root: Path, *, registry: object | None = None, i
             echo(f"[compare] {name}: not available ({exc})")
             results.append(MethodResult(method=name, available=False, note=str(exc)))
             continue
-        ctx = Context(_job_for(job, name), root / name, inception_weights, registry)
+        ctx = Context(_job_for(job, name), root / name, inception_weights, registry, publish_all=publish_all)
         contexts[name] = ctx
         if teacher_run is not None and not completed_stages(ctx.run_dir):
             adopt_stage(teacher_run, ctx, "train-teacher")
@@ -150,7 +153,7 @@ def run_compare(job: JobConfig, root: Path, *, registry: object | None = None, i
         echo(f"[compare] int8 of {r.method} {r.winner}")
         out = root / "int8" / r.method
         r.int8 = quantize_winner(ctx, Path(r.run_dir) / "export" / r.winner, out, calib)
-        if job.publish.enabled:
+        if job.publish.enabled and (publish_all or not _manifest(out).quality.below_baseline):
             published += publish_folders(ctx, [out])
     for r in results:
         if r.available:
@@ -180,7 +183,8 @@ def _rows(result: CompareResult) -> list[dict]:
         entries += [(r.method, k, Path(r.run_dir) / "export" / k, r.train_seconds) for k in r.students]
         if r.int8:
             entries.append((f"{r.method} int8", r.winner, root / "int8" / r.method, None))
-    return [{**manifest_row(_manifest(folder)), "method": method, "name": name, "seconds": secs}
+    return [{**manifest_row(m := _manifest(folder)), "method": method, "name": name, "seconds": secs,
+             "below": bool(m.quality.below_baseline)}
             for method, name, folder, secs in entries]
 
 
@@ -207,7 +211,18 @@ def write_report(result: CompareResult, root: Path) -> str:
             f"| {fmt(speed, '.1f')}x | {fmt(r['psnr_t'], '.2f')} | {fmt(r['ssim_t'])} | {fmt(r['psnr_gt'], '.2f')} "
             f"| {fmt(r['ssim_gt'])} | {fmt(r['fid'], '.1f')} | {fmt(r['kid'], '.4f')} | {fmt(r['psnr_fp32'], '.2f')} "
             f"| {fmt(r['seconds'], '.0f')} |")
+    baselines = next((_manifest(Path(r.run_dir) / "export" / k).quality.baselines for r in result.methods
+                      if r.available for k in r.students), [])
+    for b in baselines:
+        if b.name != "teacher":
+            lines.append(f"| baseline: {b.name} | (trivial) | – | – | 0 | – | – | – | – | – | {fmt(b.psnr_to_teacher, '.2f')} "
+                         f"| {fmt(b.ssim_to_teacher)} | {fmt(b.psnr_to_ground_truth, '.2f')} | {fmt(b.ssim_to_ground_truth)} "
+                         f"| – | – | – | – |")
+    flagged = [f"{r['method']} {r['name']}" for r in rows if r.get("below")]
     lines.append("")
+    if flagged:
+        lines.append(f"- **FLAGGED (SSIM to teacher not above the best trivial baseline; not published unless "
+                     f"--publish-all):** {', '.join(flagged)}")
     for r in result.methods:
         if not r.available:
             lines.append(f"- **{r.method}: not available** — {r.note}")

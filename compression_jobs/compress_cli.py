@@ -29,22 +29,28 @@ STAGE_HELP = {
 """Stage commands (`pocketgan compress <stage>`); a stage runs only when the config's method has it."""
 
 
-def job_context(config: str, run_dir: str | None, inception_weights: str | None,
-                overrides: tuple[str, ...]) -> Context:
-    """The job context for CLI arguments (config name or path, --set overrides); bad config: one-line error."""
+def parse_overrides(items: tuple[str, ...]) -> dict:
+    """`--set key=value` items as {dotted key: YAML-parsed value}; a malformed one is a usage error."""
     import yaml
 
-    from compression_jobs.gan_compression.config import load_config
-    from compression_jobs.pipeline import Context
-
     parsed = {}
-    for item in overrides:
+    for item in items:
         if "=" not in item:
             raise click.BadParameter(f"--set expects key=value, got {item!r}", param_hint="--set")
         key, value = item.split("=", 1)
         parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def job_context(config: str, run_dir: str | None, inception_weights: str | None,
+                overrides: tuple[str, ...], teacher: str | None = None, publish_all: bool = False) -> Context:
+    """The job context for CLI arguments (config name or path, --set overrides, --teacher); bad config: one-line error."""
+    from compression_jobs.gan_compression.config import load_config
+    from compression_jobs.pipeline import Context
+
+    parsed = parse_overrides(overrides)
     try:
-        job = load_config(config, parsed)
+        job = load_config(config, parsed, teacher=teacher)
     except FileNotFoundError as exc:  # exit 4 (README exit codes)
         raise NotFound(str(exc)) from exc
     except ValueError as exc:  # pydantic.ValidationError: report the first problem on one line
@@ -55,10 +61,15 @@ def job_context(config: str, run_dir: str | None, inception_weights: str | None,
             raise InvalidInput(f"invalid config {config}: {where}: {first.get('msg')}") from exc
         raise InvalidInput(f"invalid config {config}: {exc}") from exc
     rd = Path(run_dir) if run_dir else Path("runs") / job.name
-    return Context(job, rd, Path(inception_weights) if inception_weights else None)
+    return Context(job, rd, Path(inception_weights) if inception_weights else None, publish_all=publish_all)
 
 
 def _common(f):
+    f = click.option("--publish-all", is_flag=True,
+                     help="Also publish students flagged as no better than a trivial baseline (identity / mean image).")(f)
+    f = click.option("--teacher", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Use this generator checkpoint as the teacher (no teacher training); its architecture "
+                          "is inferred (override with --set teacher.ngf=… etc.).")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override a config field, e.g. --set teacher.steps=10 (repeatable).")(f)
     f = click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False),
@@ -93,11 +104,15 @@ def compress_cli() -> None:
 @click.option("--resume", is_flag=True, help="Skip stages already completed in the run dir.")
 @click.option("--until", type=click.Choice(list(STAGE_HELP)), help="Stop after this stage.")
 def run_cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...],
-            resume: bool, until: str | None) -> None:
-    """Run the whole pipeline (or up to --until)."""
+            teacher: str | None, publish_all: bool, resume: bool, until: str | None) -> None:
+    """Run the whole pipeline (or up to --until).
+
+    With --teacher FILE the train-teacher stage adopts that checkpoint instead of training.
+    Students that do not beat the best trivial baseline are not published unless --publish-all.
+    """
     from compression_jobs.pipeline import run_pipeline
 
-    ctx = job_context(config, run_dir, inception_weights, overrides)
+    ctx = job_context(config, run_dir, inception_weights, overrides, teacher, publish_all)
     try:
         run_pipeline(ctx, resume=resume, until=until, echo=lambda m: click.echo(m, err=True))
     except Exception as exc:  # noqa: BLE001 - reported as one line with the stage name
@@ -109,10 +124,11 @@ def run_cmd(config: str, run_dir: str | None, inception_weights: str | None, ove
 def _stage_command(stage: str) -> click.Command:
     @json_report
     @_common
-    def cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...]) -> None:
+    def cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...],
+            teacher: str | None, publish_all: bool) -> None:
         from compression_jobs.pipeline import run_stage
 
-        ctx = job_context(config, run_dir, inception_weights, overrides)
+        ctx = job_context(config, run_dir, inception_weights, overrides, teacher, publish_all)
         try:
             info = run_stage(ctx, stage)
         except Exception as exc:  # noqa: BLE001
@@ -134,7 +150,7 @@ for _stage in STAGE_HELP:
 @click.option("--methods", default="gan-compression,omgd,coevolution", show_default=True,
               help="Comma-separated methods to compare (unavailable ones are listed as such).")
 def compare_cmd(config: str, run_dir: str | None, inception_weights: str | None, overrides: tuple[str, ...],
-                methods: str) -> None:
+                teacher: str | None, publish_all: bool, methods: str) -> None:
     """Every method on one teacher (trained once), data and MACs budget; INT8 of each winner; report + plot.
 
     Results go to RUN_DIR (default runs/<name>-compare): one run dir per method, int8/, report.md,
@@ -142,12 +158,12 @@ def compare_cmd(config: str, run_dir: str | None, inception_weights: str | None,
     """
     from compression_jobs.compare import run_compare
 
-    ctx = job_context(config, run_dir, inception_weights, overrides)
+    ctx = job_context(config, run_dir, inception_weights, overrides, teacher, publish_all)
     root = Path(run_dir) if run_dir else Path("runs") / f"{ctx.job.name}-compare"
     try:
         result = run_compare(ctx.job, root, inception_weights=ctx.inception_weights,
                              methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-                             echo=lambda m: click.echo(m, err=True))
+                             echo=lambda m: click.echo(m, err=True), publish_all=publish_all)
     except Exception as exc:  # noqa: BLE001 - one line, with where the partial results are
         raise click.ClickException(f"{exc}\n  partial results kept in {root}; rerun the same command to continue") from exc
     click.echo((root / "report.md").read_text())
@@ -200,6 +216,8 @@ def _summary(run_dir: Path) -> None:
         click.echo(f"{stage:15s} {'done' if rec else '-':5s} {rec['seconds'] if rec else '':>8}")
     for line in method.summary(run_dir) if method is not None and method.summary else []:
         click.echo(line)
-    pub = state.get("completed", {}).get("publish", {}).get("info", {}).get("published")
-    for p in pub or []:
+    pub_info = state.get("completed", {}).get("publish", {}).get("info", {})
+    for p in pub_info.get("published") or []:
         click.echo(f"published {p['method']:16s} {p['artifact_id']} ({p['folder']})")
+    for name in pub_info.get("held_back") or []:
+        click.echo(f"NOT published {name}: no better than a trivial baseline (export/report.md; --publish-all overrides)")

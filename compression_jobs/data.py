@@ -48,6 +48,8 @@ class DataConfig(BaseModel):
     train_split: str = "train"
     test_split: str = "test"
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="used only when test_split does not exist")
+    targets: bool = Field(default=True, description="False: ignore the target images; the teacher's outputs are the "
+                          "only targets (pseudo-pairs), e.g. photos for an unpaired photo->vintage teacher")
     max_train: int | None = Field(default=None, ge=1)
     max_test: int | None = Field(default=None, ge=1)
     input_nc: int = 3
@@ -161,6 +163,13 @@ def _unpaired_targets(cfg: DataConfig, split: str) -> list[Path]:
 
 def load_samples(cfg: DataConfig, split: Literal["train", "test"]) -> list[Sample]:
     """Decode a split into PIL images, with source/target swapped according to `direction`."""
+    out: list[Sample] = []
+    if not cfg.targets:
+        return [Sample(s.name, s.source, None, paired=False) for s in _samples(cfg, split)]
+    return _samples(cfg, split)
+
+
+def _samples(cfg: DataConfig, split: Literal["train", "test"]) -> list[Sample]:
     out: list[Sample] = []
     if cfg.layout == "unpaired":
         sources = list_split(cfg, split)

@@ -61,6 +61,7 @@ class Context:
     run_dir: Path
     inception_weights: Path | None = None
     registry: object | None = None  # registry.client.Registry; None → Registry.from_env() at publish
+    publish_all: bool = False  # also publish students flagged below_baseline (CLI --publish-all)
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
@@ -104,9 +105,40 @@ def _write_state(run_dir: Path, state: dict) -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
+TEACHER_SPEC_FILE = "teacher_arch.json"
+"""train-teacher/teacher_arch.json: the teacher's builder arguments (arch, ngf, n_blocks, norm, …)."""
+
+
+def teacher_spec(ctx: Context) -> dict:
+    """The run's teacher architecture as recorded by train-teacher (inferred for a given checkpoint)."""
+    p = ctx.require("train-teacher") / TEACHER_SPEC_FILE
+    if p.is_file():
+        return json.loads(p.read_text())
+    return trained_teacher_spec(ctx.job)  # runs made before the spec file existed
+
+
+def trained_teacher_spec(job: JobConfig) -> dict:
+    """Builder arguments of the teacher the config trains."""
+    t = job.teacher
+    depth = {"n_blocks": t.n_blocks} if t.arch == "resnet" else {"num_downs": t.num_downs}
+    return {"arch": t.arch, "ngf": t.ngf, **depth, "norm": t.norm, "use_dropout": False,
+            "input_nc": job.data.input_nc, "output_nc": job.data.output_nc}
+
+
+def teacher_template(ctx: Context) -> torch.nn.Module:
+    """A freshly initialised generator with the run's teacher architecture (e.g. to rebuild a pruned copy)."""
+    from compression_jobs.models import build_generator
+
+    spec = dict(teacher_spec(ctx))
+    return build_generator(spec.pop("arch"), **spec)
+
+
 def _teacher(ctx: Context) -> torch.nn.Module:
+    from compression_jobs.checkpoints import load_state_dict_strict
+
     d = ctx.require("train-teacher")
-    return load_teacher(ctx.job.teacher, d / G_NAME, ctx.job.data.input_nc, ctx.job.data.output_nc)
+    net = teacher_template(ctx)
+    return load_state_dict_strict(net, load_state(d / G_NAME), source=str(d / G_NAME)).eval()
 
 
 def _new_supernet(job: JobConfig) -> SuperMobileResnetGenerator:
@@ -159,19 +191,36 @@ def _held_out(ctx: Context) -> tuple[ImageSet, torch.Tensor, torch.nn.Module]:
 # ----------------------------------------------------------------------------- stages
 
 
+def adopt_teacher(job: JobConfig, out: Path) -> tuple[torch.nn.Module, dict]:
+    """Load `teacher.checkpoint` with the one checkpoint loader (layout normalised, architecture
+    inferred, explicit teacher fields override) and save it in the reference layout to `out`."""
+    from compression_jobs.checkpoints import detect_arch, read_state_dict, resolve_generator
+
+    src = Path(job.teacher.checkpoint).expanduser()
+    over = job.teacher.arch_overrides()
+    arch = over.pop("arch", None) or detect_arch(read_state_dict(src))
+    model, spec = resolve_generator(src, arch=arch, **over)
+    nc = (job.data.input_nc, job.data.output_nc)
+    if (spec.get("input_nc"), spec.get("output_nc")) != nc:
+        raise ValueError(f"{src}: the teacher maps {spec.get('input_nc')} to {spec.get('output_nc')} channels but the "
+                         f"data config has input_nc={nc[0]}, output_nc={nc[1]}")
+    save_state(model, out / G_NAME)
+    (out / TEACHER_SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    if job.teacher.discriminator:
+        shutil.copyfile(Path(job.teacher.discriminator).expanduser(), out / D_NAME)
+    return model, spec
+
+
 def stage_train_teacher(ctx: Context, out: Path) -> dict:
     job = ctx.job
     if job.teacher.checkpoint:
-        src = Path(job.teacher.checkpoint).expanduser()
-        load_teacher(job.teacher, src, job.data.input_nc, job.data.output_nc)  # validates shape/keys
-        shutil.copyfile(src, out / G_NAME)
-        if job.teacher.discriminator:
-            shutil.copyfile(Path(job.teacher.discriminator).expanduser(), out / D_NAME)
-        info = {"mode": "given", "checkpoint": str(src)}
+        teacher, spec = adopt_teacher(job, out)
+        info = {"mode": "given", "checkpoint": str(Path(job.teacher.checkpoint).expanduser()), "architecture": spec}
     else:
         info = train_teacher(job, out)
+        (out / TEACHER_SPEC_FILE).write_text(json.dumps(trained_teacher_spec(job), indent=2))
+        teacher = load_teacher(job.teacher, out / G_NAME, job.data.input_nc, job.data.output_nc)
     test = ImageSet(job.data, "test")
-    teacher = load_teacher(job.teacher, out / G_NAME, job.data.input_nc, job.data.output_nc)
     info["quality"] = fidelity(teacher, test, None, job.eval_batch_size)
     return info
 
@@ -186,7 +235,7 @@ def stage_distill(ctx: Context, out: Path) -> dict:
     log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.distill.steps,
                         lr=job.distill.lr, batch_size=job.distill.batch_size, seed=job.seed,
                         conditional_d=train.paired, sample_config=lambda _k: largest, desc="distill (largest student)",
-                        device=job.device)
+                        device=job.device, mixed_precision=job.mixed_precision)
     _save_parts(parts, out, "supernet.pth")
     return {"losses": log, "max_config": str(largest)}
 
@@ -202,7 +251,8 @@ def stage_train_supernet(ctx: Context, out: Path) -> dict:
                         lr=job.supernet.lr, batch_size=job.distill.batch_size, seed=job.seed + 1,
                         conditional_d=train.paired,
                         sample_config=supernet_sampler(sn.space, job.seed, job.supernet.sandwich),
-                        desc="train-supernet (once-for-all)", device=job.device)
+                        desc="train-supernet (once-for-all)", device=job.device,
+                        mixed_precision=job.mixed_precision)
     _save_parts(parts, out, "supernet.pth")
     return {"losses": log, "space_size": sn.space.size}
 
@@ -313,7 +363,8 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
         parts = _parts(ctx, student, teacher, train, "train-supernet", widths_from=sn)
         log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.finetune.steps,
                             lr=job.finetune.lr, batch_size=job.distill.batch_size, seed=job.seed + 2 + i,
-                            conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device)
+                            conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device,
+                            mixed_precision=job.mixed_precision)
         save_state(student, out / cfg / "net_G.pth")
         results[cfg] = log
     return {"finetuned": list(results), "losses": results}
@@ -331,7 +382,11 @@ def _student(job: JobConfig, cfg: str, path: Path) -> MobileResnetGenerator:
     return net.eval()
 
 
-def _quality(ctx: Context, model: torch.nn.Module, test: ImageSet, teacher_out: torch.Tensor | None):
+def _quality(ctx: Context, model: torch.nn.Module, test: ImageSet, teacher_out: torch.Tensor | None,
+             baselines: list | None = None):
+    """Quality of `model` on the held-out split; with `baselines` (students) they are recorded next to
+    its figures and `below_baseline` says whether it beats the best trivial one (SSIM to the teacher)."""
+    from compression_jobs.baselines import below_baseline, best_trivial
     from registry.manifest import Quality
 
     job = ctx.job
@@ -340,11 +395,24 @@ def _quality(ctx: Context, model: torch.nn.Module, test: ImageSet, teacher_out: 
                 resolution=job.data.crop_size, **m)
     if teacher_out is None:
         q.notes.append("this is the teacher: fidelity to the teacher is by definition perfect and not reported")
+    if baselines:
+        q.baselines = list(baselines)
+        q.below_baseline = below_baseline(q.ssim_to_teacher, q.baselines)
+        best = best_trivial(q.baselines)
+        if q.below_baseline:
+            q.notes.append(f"below baseline: SSIM to teacher {q.ssim_to_teacher:.3f} does not beat the trivial "
+                           f"'{best.name}' baseline ({best.ssim_to_teacher:.3f})")
     weights = ctx.inception_weights or (Path(job.inception_weights) if job.inception_weights else None)
-    if weights is not None and test.target is not None:
-        fk = fid_kid(weights, outputs(model, test, job.eval_batch_size), test.target, job.eval_batch_size)
-        q.fid, q.kid = fk["fid"], fk["kid"]
-        q.notes.append(f"FID/KID against {len(test)} held-out real target images with {Path(weights).name} "
+    if weights is not None and (test.target is not None or teacher_out is not None):
+        fake = outputs(model, test, job.eval_batch_size)
+        if test.target is not None:
+            fk = fid_kid(weights, fake, test.target, job.eval_batch_size)
+            q.fid, q.kid = fk["fid"], fk["kid"]
+        if teacher_out is not None:
+            q.fid_to_teacher = fid_kid(weights, fake, teacher_out, job.eval_batch_size)["fid"]
+        q.notes.append(f"FID/KID against {len(test)} held-out {'real target images' if test.target is not None else ''}"
+                       f"{' and ' if test.target is not None and teacher_out is not None else ''}"
+                       f"{'teacher outputs' if teacher_out is not None else ''} with {Path(weights).name} "
                        f"(tiny sets: indicative only)")
     else:
         q.notes.append("FID/KID not computed: no --inception-weights given")
@@ -388,17 +456,78 @@ def stage_export(ctx: Context, out: Path) -> dict:
             manifest = add_profile(job, folder, manifest)
         return manifest.artifact_id
 
-    teacher_id = one(teacher, out / "teacher", "teacher", None, _quality(ctx, teacher, test, None),
-                     {"role": "teacher"})
+    teacher_q = _quality(ctx, teacher, test, None)
+    teacher_id = one(teacher, out / "teacher", "teacher", None, teacher_q, {"role": "teacher"})
     exported["teacher"] = teacher_id
+    baselines = run_baselines(ctx, test, teacher_out, teacher_q.model_dump())
     method = get_method(job.method)
     students = method.students(ctx)
     for st in progress(students, len(students), "export + profile"):
         student = st.load()
         exported[st.name] = one(student, out / st.name, method.name, teacher_id,
-                                _quality(ctx, student, test, teacher_out), {"role": "student", **st.job})
+                                _quality(ctx, student, test, teacher_out, baselines), {"role": "student", **st.job})
     (out / ARTIFACTS_FILE).write_text(json.dumps(exported, indent=2))
-    return {"artifacts": exported}
+    (out / "baselines.json").write_text(json.dumps([b.model_dump() for b in baselines], indent=2))
+    write_quality_report(out, job)
+    flagged = [n for n in exported if n != "teacher" and _read_quality(out / n).below_baseline]
+    return {"artifacts": exported, "below_baseline": flagged,
+            "baselines": {b.name: b.ssim_to_teacher for b in baselines}}
+
+
+def run_baselines(ctx: Context, test: ImageSet, teacher_out: torch.Tensor, teacher_quality: dict) -> list:
+    """Trivial baselines (identity, mean training image, teacher vs truth) on the held-out split."""
+    from compression_jobs.baselines import trivial_baselines
+
+    return trivial_baselines(test, ImageSet(ctx.job.data, "train"), teacher_out, ctx.job.eval_batch_size,
+                             teacher_quality)
+
+
+def _read_quality(folder: Path):  # noqa: ANN202 - registry.manifest.Quality
+    from registry.artifact import read_artifact_dir
+
+    return read_artifact_dir(folder, verify=False).quality
+
+
+def write_quality_report(export_dir: Path, job: JobConfig) -> str:
+    """export/report.md: every exported artifact with its fidelity next to the trivial baselines."""
+    from compression_jobs.baselines import best_trivial
+    from compression_jobs.report import fmt
+    from registry.artifact import read_artifact_dir
+
+    names = list(json.loads((export_dir / ARTIFACTS_FILE).read_text()))
+    manifests = {n: read_artifact_dir(export_dir / n, verify=False) for n in names}
+    teacher = manifests["teacher"]
+    students = [n for n in names if n != "teacher"]
+    baselines = manifests[students[0]].quality.baselines if students else []
+    best = best_trivial(baselines)
+    lines = [f"# Quality report: {job.name} ({job.method})", "",
+             f"Held-out split `{job.data.test_split}` of {teacher.quality.dataset} "
+             f"({teacher.quality.n_images} images at {teacher.quality.resolution} px). MACs per image at 256x256.",
+             "A student is **flagged** when its SSIM to the teacher does not beat the best trivial baseline"
+             + (f" (here `{best.name}`, SSIM {best.ssim_to_teacher:.3f})" if best else "") + "; flagged students are "
+             "not published unless `--publish-all`.", "",
+             "| model | MACs | ratio | PSNR→teacher | SSIM→teacher | FID→teacher | PSNR→truth | SSIM→truth | verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    t_macs = teacher.architecture.macs
+    tq = teacher.quality
+    lines.append(f"| teacher `{teacher.artifact_id}` | {t_macs / 1e9:.2f} G | 1x | – | – | – | "
+                 f"{fmt(tq.psnr_to_ground_truth, '.2f')} | {fmt(tq.ssim_to_ground_truth)} | reference |")
+    for b in baselines:
+        if b.name == "teacher":
+            continue
+        lines.append(f"| baseline: {b.name} | 0 | – | {fmt(b.psnr_to_teacher, '.2f')} | {fmt(b.ssim_to_teacher)} | – | "
+                     f"{fmt(b.psnr_to_ground_truth, '.2f')} | {fmt(b.ssim_to_ground_truth)} | trivial |")
+    for n in students:
+        m = manifests[n]
+        q = m.quality
+        verdict = "**FLAGGED: no better than a trivial baseline**" if q.below_baseline else (
+            "beats baselines" if q.below_baseline is False else "not judged")
+        lines.append(f"| {m.method} `{n}` | {m.architecture.macs / 1e9:.3f} G | {t_macs / m.architecture.macs:.1f}x | "
+                     f"{fmt(q.psnr_to_teacher, '.2f')} | {fmt(q.ssim_to_teacher)} | {fmt(q.fid_to_teacher, '.1f')} | "
+                     f"{fmt(q.psnr_to_ground_truth, '.2f')} | {fmt(q.ssim_to_ground_truth)} | {verdict} |")
+    text = "\n".join(lines) + "\n"
+    (export_dir / "report.md").write_text(text)
+    return text
 
 
 def stage_publish(ctx: Context, out: Path) -> dict:
@@ -407,10 +536,16 @@ def stage_publish(ctx: Context, out: Path) -> dict:
     if not job.publish.enabled:
         return {"published": [], "note": "publishing disabled in config"}
     names = [n for n in json.loads((exp / ARTIFACTS_FILE).read_text()) if n != "teacher"]
-    folders = ([exp / "teacher"] if job.publish.publish_teacher else []) + [exp / n for n in names]
+    held_back = [] if ctx.publish_all else [n for n in names if _read_quality(exp / n).below_baseline]
+    folders = ([exp / "teacher"] if job.publish.publish_teacher else []) + [exp / n for n in names if n not in held_back]
     published = publish_folders(ctx, folders)
     (out / "published.json").write_text(json.dumps(published, indent=2))
-    return {"published": published}
+    info: dict = {"published": published}
+    if held_back:
+        info["held_back"] = held_back
+        info["note"] = ("not published: no better than a trivial baseline against the teacher "
+                        "(see export/report.md; --publish-all publishes them anyway)")
+    return info
 
 
 def publish_folders(ctx: Context, folders: list[Path]) -> list[dict]:

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compression_jobs.data import ImageSet, TrainStream
-from compression_jobs.gan_compression.common import load_state, progress, save_state
+from compression_jobs.gan_compression.common import autocast, load_state, progress, save_state
 from compression_jobs.gan_compression.config import JobConfig, TeacherConfig
 from compression_jobs.losses import GANLoss
 from compression_jobs.models.discriminator import PatchGANDiscriminator
@@ -39,14 +39,10 @@ def build_discriminator(cfg: TeacherConfig, input_nc: int) -> PatchGANDiscrimina
 
 def load_teacher(cfg: TeacherConfig, path: Path, input_nc: int = 3, output_nc: int = 3) -> nn.Module:
     """Build the configured architecture and load a checkpoint strictly (weights_only)."""
+    from compression_jobs.checkpoints import load_state_dict_strict
+
     net = build_teacher(cfg, input_nc, output_nc)
-    state = load_state(path)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ValueError(f"{path} does not fit teacher arch={cfg.arch} ngf={cfg.ngf} n_blocks={cfg.n_blocks}: {first}") from exc
-    return net.eval()
+    return load_state_dict_strict(net, load_state(path), source=str(path)).eval()
 
 
 def _adam(params, lr: float, beta1: float) -> torch.optim.Adam:
@@ -74,18 +70,21 @@ def train_pix2pix(job: JobConfig, train: ImageSet, out_dir: Path) -> dict:
     log = {}
     for step in progress(range(cfg.steps), cfg.steps, "train-teacher (pix2pix)"):
         real_a, real_b = (t.to(dev) for t in stream.batch(step))
-        fake_b = G(real_a)
+        with autocast(job.device, job.mixed_precision):
+            fake_b = G(real_a)
         # D step
         opt_d.zero_grad(set_to_none=True)
-        loss_d = 0.5 * (
-            gan(D(torch.cat([real_a, fake_b.detach()], 1)), False) + gan(D(torch.cat([real_a, real_b], 1)), True)
-        )
+        with autocast(job.device, job.mixed_precision):
+            loss_d = 0.5 * (
+                gan(D(torch.cat([real_a, fake_b.detach()], 1)), False) + gan(D(torch.cat([real_a, real_b], 1)), True)
+            )
         loss_d.backward()
         opt_d.step()
         # G step
         opt_g.zero_grad(set_to_none=True)
-        loss_g_gan = gan(D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
-        loss_l1 = F.l1_loss(fake_b, real_b)
+        with autocast(job.device, job.mixed_precision):
+            loss_g_gan = gan(D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
+        loss_l1 = F.l1_loss(fake_b.float(), real_b)
         (loss_g_gan + cfg.lambda_l1 * loss_l1).backward()
         opt_g.step()
         for s in sch:

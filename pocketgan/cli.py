@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                     "Measure the student design space's block latencies here; store the table in the registry."),
     "compress": ("compression_jobs.compress_cli", "compress_cli", "Compression jobs: train a teacher, distil, search, publish."),
     "serve": ("service.cli", "serve_cli", "Run the BentoML translation service."),
-    "demo": ("pocketgan.demo", "demo_cli", "Run the whole flow end to end on the embedded default data."),
+    "demo": ("pocketgan.demo", "demo_cli", "Compress a real pretrained teacher, publish, serve and compare, end to end."),
 }
 
 

@@ -1,8 +1,11 @@
-"""`pocketgan demo`: the whole flow on the embedded facades subset, in one command.
+"""`pocketgan demo`: the whole flow from a real pretrained teacher, in one command.
 
-local S3 -> compression job (train teacher, distil, supernet, search, fine-tune, export, publish)
--> promote -> `bentoml serve` -> translate held-out images over HTTP under two budgets
--> a side-by-side PNG (input | teacher | served student | ground truth).
+local S3 -> compression job from the pretrained vintagify CycleGAN teacher (no teacher training:
+magnitude-pruned students distilled on the embedded facades photos, export, publish)
+-> promote the teacher, then roll the students out one at a time (largest first) -> `bentoml serve`
+translates held-out photos over HTTP after each roll-out, so every column of the side-by-side PNG
+(input | teacher | each student, with MACs, served latency and SSIM to the teacher) was really
+served by the service; an impossible budget shows the no-eligible path.
 
 Everything lives under one work dir; a re-run reuses the S3 server, the completed stages and the
 published artifacts, so only the serving part runs again. This module is the top-level glue, so it
@@ -33,7 +36,6 @@ if TYPE_CHECKING:
     from compression_jobs.data import Sample
     from compression_jobs.gan_compression.config import JobConfig
     from registry.client import Registry
-    from registry.runtime import OnnxGenerator
 
 CHANNEL = "production"
 IMPOSSIBLE_BUDGET_MS = 1.0  # below anything a generator can do here: shows the no-eligible path
@@ -75,25 +77,30 @@ def ensure_s3(s3_dir: Path) -> LocalS3Handle:
     return handle
 
 
-def compress(config: str, run_dir: Path, registry: Registry) -> tuple[JobConfig, list[dict]]:
+def compress(config: str, run_dir: Path, registry: Registry, teacher: Path | None = None,
+             overrides: dict | None = None, publish_all: bool = False) -> tuple[JobConfig, list[dict]]:
     """Run (or resume) the compression job; returns its config and what its publish stage published."""
     from compression_jobs.gan_compression.config import load_config
     from compression_jobs.pipeline import Context, run_pipeline
 
-    job = load_config(config)
-    _say(f"[compress] config {config!r} -> {run_dir} (completed stages are reused)")
+    job = load_config(config, overrides, teacher=teacher)
+    _say(f"[compress] config {config!r} -> {run_dir} (completed stages are reused)"
+         + (f"; teacher {teacher} (not trained)" if teacher else ""))
     t0 = time.perf_counter()
-    run_pipeline(Context(job, run_dir, registry=registry), resume=True, echo=lambda m: _say(f"[compress] {m}"))
+    run_pipeline(Context(job, run_dir, registry=registry, publish_all=publish_all), resume=True,
+                 echo=lambda m: _say(f"[compress] {m}"))
     _say(f"[compress] done in {time.perf_counter() - t0:.0f} s")
     published = json.loads((run_dir / "publish" / "published.json").read_text())
     if not published:
         raise click.ClickException(f"the job in {run_dir} published nothing (publish.enabled is false?)")
+    report = run_dir / "export" / "report.md"
+    if report.is_file():
+        _say(f"[compress] quality report with baselines: {report}")
     return job, published
 
 
-def promote_all(registry: Registry, task: str, published: list[dict]) -> list[str]:
-    """Promote every published artifact to the production channel, unless it already is that set."""
-    ids = [p["artifact_id"] for p in published]
+def promote_set(registry: Registry, task: str, ids: list[str]) -> list[str]:
+    """Promote exactly `ids` to the production channel, unless it already is that set."""
     from registry.errors import NotFound
 
     try:
@@ -149,6 +156,11 @@ class Service:
             time.sleep(0.5)
         raise click.ClickException(f"the service was not ready after {timeout_s:.0f} s; see {self.log}")
 
+    @property
+    def pid(self) -> int:
+        """PID of the service process (also its process group id)."""
+        return self._proc.pid
+
     def wait(self) -> None:
         """Block until Ctrl-C or the service exits."""
         try:
@@ -191,15 +203,32 @@ def translate(url: str, task: str, img: Image.Image, name: str, budget_ms: float
     )
 
 
+def wait_for_set(url: str, task: str, ids: list[str], timeout_s: float = 300.0) -> None:
+    """Block until the service has loaded exactly `ids` for `task` (the hot swap after a promotion)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(f"{url}/models", timeout=5.0).json()
+            for t in body.get("tasks", []):
+                loaded = {a["summary"]["artifact_id"] for a in t.get("loaded", [])}
+                if t.get("task") == task and loaded == set(ids):
+                    return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise click.ClickException(f"the service did not load {ids} within {timeout_s:.0f} s")
+
+
 def side_by_side(rows: list[list[Image.Image]], headers: list[str], path: Path, cell: int = 192) -> Path:
-    """One PNG grid: a labelled column per header, one row per held-out image."""
-    pad, top = 4, 20
+    """One PNG grid: a labelled column per header (lines split on newlines), one row per held-out image."""
+    pad = 4
+    top = 8 + 12 * max((h.count("\n") + 1 for h in headers), default=1)
     width = len(headers) * (cell + pad) + pad
     height = top + len(rows) * (cell + pad) + pad
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     for c, text in enumerate(headers):
-        draw.text((pad + c * (cell + pad) + 2, 4), text, fill="black")
+        draw.multiline_text((pad + c * (cell + pad) + 2, 4), text, fill="black", spacing=2)
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
             sheet.paste(img.convert("RGB").resize((cell, cell), Image.BICUBIC), (pad + c * (cell + pad), top + pad + r * (cell + pad)))
@@ -213,28 +242,41 @@ def side_by_side(rows: list[list[Image.Image]], headers: list[str], path: Path, 
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("pocketgan-demo"),
               show_default=True, help="Where the S3 data, the run, the service log and the outputs go.")
 @click.option("--config", default="demo", show_default=True,
-              help="Compression config: an embedded name (demo, tiny, small, full) or a YAML path.")
+              help="Compression config: an embedded name or a YAML path (its teacher is replaced by --teacher).")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Pretrained generator checkpoint [default: vintagify's G_A2B_epoch33.pth from the installed package].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--images", "n_images", type=click.IntRange(1, 50), default=4, show_default=True,
               help="Held-out images to translate.")
 @click.option("--budget-ms", type=click.FloatRange(min=1.0), default=150.0, show_default=True,
               help="The realistic latency budget (the second one is an impossible 1 ms).")
 @click.option("--serve/--no-serve", "keep_serving", default=False, show_default=True,
-              help="Keep the service running at the end (Ctrl-C stops it).")
+              help="Keep the service running at the end (prints its PID and the command that stops it).")
 @click.option("--port", type=click.IntRange(1024, 65535), default=None, help="Service port (default: a free one).")
-def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_serving: bool, port: int | None) -> dict:
-    """Run the whole flow end to end on the embedded facades images (label map -> photo).
+@click.option("--publish-all", is_flag=True, help="Also publish and serve students flagged as no better than a trivial "
+              "baseline (e.g. after a shortened run).")
+def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[str, ...], n_images: int,
+             budget_ms: float, keep_serving: bool, port: int | None, publish_all: bool) -> dict:
+    """Compress a real pretrained teacher and serve it, end to end (photo -> vintage photo).
 
-    Starts a local S3 (SeaweedFS), runs a small GAN Compression job, publishes the teacher and the
-    chosen students, promotes them, starts the service, translates held-out images under a realistic
-    and an impossible latency budget, and writes input | teacher | served student | ground truth
-    side by side. The S3 server keeps running afterwards so you can explore the registry with the
-    printed `export` lines (`pocketgan s3 down --dir WORKDIR/s3` stops it).
+    Starts a local S3 (SeaweedFS), compresses the pretrained vintagify CycleGAN teacher (no teacher
+    training) into students with 10x and 30x fewer MACs, publishes the teacher and the students that
+    beat the trivial baselines, starts the service and rolls the models out one at a time (teacher,
+    then the largest student, then the next), translating held-out photos after each roll-out; then
+    an impossible budget. Writes input | teacher | each served student side by side with MACs, served
+    latency and SSIM to the teacher. The S3 server keeps running afterwards (the printed `export`
+    lines reach it; `pocketgan s3 down --dir WORKDIR/s3` stops it).
     """
+    from compression_jobs.compress_cli import parse_overrides
     from compression_jobs.data import load_samples
+    from compression_jobs.pretrained import require_vintagify_teacher
     from registry.client import Registry
     from registry.config import RegistrySettings
-    from registry.runtime import OnnxGenerator
 
+    try:
+        teacher = teacher or require_vintagify_teacher()
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"{exc}; or pass --teacher FILE") from exc
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     os.environ.setdefault("BENTOML_HOME", str((workdir / "bentoml").resolve()))
     workdir = workdir.resolve()
@@ -244,32 +286,49 @@ def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_s
     os.environ.update(env)
     registry = Registry(RegistrySettings.from_env())
 
-    job, published = compress(config, workdir / "run", registry)
+    job, published = compress(config, workdir / "run", registry, teacher, parse_overrides(overrides), publish_all)
     task = job.task
-    ids = promote_all(registry, task, published)
+    ids = [p["artifact_id"] for p in published]
     manifests = {aid: registry.get_manifest(aid, task) for aid in ids}
     methods = {aid: m.method for aid, m in manifests.items()}
     teacher_id = next((aid for aid, m in manifests.items() if m.method == "teacher"), None)
+    if teacher_id is None:
+        raise click.ClickException("the job did not publish its teacher (publish.publish_teacher is false?)")
+    students = sorted((a for a in ids if a != teacher_id), key=lambda a: -manifests[a].architecture.macs)
+    if not students:
+        _say("[compress] no student beat the trivial baselines: only the teacher is served (see the report)")
 
     samples = load_samples(job.data, "test")[:n_images]
     out_dir = workdir / "outputs"
     results: list[Translation] = []
+    columns: list[str] = []
+    rollout = [[teacher_id] + students[:k] for k in range(len(students) + 1)]
+    promote_set(registry, task, rollout[0])
     with Service(env, task, workdir / "service.log", port) as svc:
-        for budget in (budget_ms, IMPOSSIBLE_BUDGET_MS):
-            for s in samples:
-                stem = Path(s.name).stem
-                results.append(translate(svc.url, task, s.source, s.name, budget,
-                                         out_dir / f"budget-{budget:g}ms" / f"{stem}.png", methods))
+        for step, members in enumerate(rollout):
+            if step:
+                promote_set(registry, task, members)
+            wait_for_set(svc.url, task, members)
+            _say(f"[translate] roll-out {step + 1}/{len(rollout)}: {len(members)} promoted, budget {budget_ms:g} ms")
+            batch = [translate(svc.url, task, s.source, s.name, budget_ms,
+                               out_dir / f"rollout-{step + 1}" / f"{Path(s.name).stem}.png", methods) for s in samples]
+            results += batch
+            if batch[0].artifact_id not in columns:
+                columns.append(batch[0].artifact_id)
+        _say(f"[translate] impossible budget {IMPOSSIBLE_BUDGET_MS:g} ms")
+        results += [translate(svc.url, task, s.source, s.name, IMPOSSIBLE_BUDGET_MS,
+                              out_dir / "budget-1ms" / f"{Path(s.name).stem}.png", methods) for s in samples]
         _report(results, manifests)
-        teacher = OnnxGenerator(registry.pull(teacher_id, task) / "model.onnx") if teacher_id else None
-        rows, headers = _grid(samples, results, budget_ms, teacher)
+        rows, headers, stats = _grid(samples, results, columns, teacher_id, manifests, budget_ms)
         sheet = side_by_side(rows, headers, out_dir / "side_by_side.png")
         summary = out_dir / "summary.json"
-        summary.write_text(json.dumps({"task": task, "promoted": ids, "methods": methods,
+        summary.write_text(json.dumps({"task": task, "teacher": str(teacher), "promoted": ids, "methods": methods,
+                                       "columns": stats,
                                        "translations": [r.model_dump(mode="json") for r in results]}, indent=2))
         click.echo(f"\noutputs:        {out_dir}")
         click.echo(f"side by side:   {sheet}")
         click.echo(f"summary:        {summary}")
+        click.echo(f"quality report: {workdir / 'run' / 'export' / 'report.md'}")
         click.echo(f"service log:    {workdir / 'service.log'}")
         click.echo(f"registry:       pocketgan registry ls --task {task}   (after the export lines below)")
         click.echo(export_lines(handle))  # the secret stays in its 0600 file
@@ -277,7 +336,9 @@ def demo_cli(workdir: Path, config: str, n_images: int, budget_ms: float, keep_s
         report = {**json.loads(summary.read_text()), "outputs": str(out_dir), "side_by_side": str(sheet),
                   "summary": str(summary), "service_log": str(workdir / "service.log"), "s3": str(workdir / "s3")}
         if keep_serving:
-            click.echo(f"\nserving on {svc.url} — Ctrl-C to stop")
+            pid = svc.pid
+            click.echo(f"\nserving on {svc.url} (pid {pid}) — Ctrl-C here, or from another shell: kill -TERM -- -{pid}",
+                       )
             svc.wait()
     return report
 
@@ -293,22 +354,35 @@ def _report(results: list[Translation], manifests: dict) -> None:
                    f"{r.latency_ms:>10.1f}  {verdict}")
 
 
-def _grid(samples: list[Sample], results: list[Translation], budget_ms: float,
-          teacher: OnnxGenerator | None) -> tuple[list[list[Image.Image]], list[str]]:
-    """Rows of input | teacher | student served under the realistic budget | ground truth."""
-    served = {r.image: r for r in results if r.budget_ms == budget_ms}
-    rows = []
-    for s in samples:
-        r = served[s.name]
-        row = [s.source]
-        if teacher is not None:
-            row.append(teacher.translate(s.source))
-        row.append(Image.open(r.output))
-        if s.target is not None:
-            row.append(s.target)
-        rows.append(row)
-    chosen = served[samples[0].name]
-    headers = ["input"] + (["teacher"] if teacher else []) + [f"served ({chosen.method}, {budget_ms:g} ms)"]
-    if samples[0].target is not None:
-        headers.append("ground truth")
-    return rows, headers
+def _ssim(a: Image.Image, b: Image.Image) -> float:
+    """SSIM between two served 8-bit images (the metric the manifests use, on [-1, 1] tensors)."""
+    import numpy as np
+    import torch
+
+    from compression_jobs.metrics import ssim
+
+    def t(img: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+
+    return float(ssim(t(a), t(b.resize(a.size, Image.BICUBIC)))[0])
+
+
+def _grid(samples: list[Sample], results: list[Translation], columns: list[str], teacher_id: str,
+          manifests: dict, budget_ms: float) -> tuple[list[list[Image.Image]], list[str], list[dict]]:
+    """Rows of input | each served model (teacher first); headers with MACs, served latency, SSIM to the teacher."""
+    served = {(r.image, r.artifact_id): r for r in results if r.budget_ms == budget_ms}
+    t_macs = manifests[teacher_id].architecture.macs
+    rows = [[s.source] + [Image.open(served[(s.name, aid)].output) for aid in columns] for s in samples]
+    headers, stats = ["input (held-out photo)"], []
+    for c, aid in enumerate(columns):
+        m = manifests[aid]
+        lat = sorted(served[(s.name, aid)].latency_ms for s in samples)[len(samples) // 2]
+        sims = [_ssim(row[1 + c], row[1 + columns.index(teacher_id)]) for row in rows] if teacher_id in columns else []
+        ssim_t = sum(sims) / len(sims) if sims else None
+        stat = {"artifact_id": aid, "method": m.method, "macs": m.architecture.macs, "served_ms_median": lat,
+                "ssim_to_teacher_served": ssim_t, "ssim_to_teacher_heldout": m.quality.ssim_to_teacher}
+        stats.append(stat)
+        name = "teacher" if aid == teacher_id else f"student {t_macs / m.architecture.macs:.0f}x fewer MACs"
+        headers.append(f"{name}\n{m.architecture.macs / 1e9:.2f} GMACs, {lat:.0f} ms served"
+                       + ("" if aid == teacher_id or ssim_t is None else f"\nSSIM to teacher {ssim_t:.3f}"))
+    return rows, headers, stats

@@ -254,12 +254,20 @@ def show_cmd(artifact_id: str, task: str | None, as_json: bool) -> None:
     )
     q = m.quality
     metrics = {"PSNR/teacher": q.psnr_to_teacher, "SSIM/teacher": q.ssim_to_teacher, "PSNR/truth": q.psnr_to_ground_truth,
-               "SSIM/truth": q.ssim_to_ground_truth, "PSNR/fp32": q.psnr_to_fp32, "FID": q.fid, "KID": q.kid, "LPIPS": q.lpips}
+               "SSIM/truth": q.ssim_to_ground_truth, "PSNR/fp32": q.psnr_to_fp32, "FID": q.fid, "KID": q.kid, "LPIPS": q.lpips,
+               "FID/teacher": q.fid_to_teacher}
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if v is not None)
     c.print(
         f"quality: dataset={q.dataset or '-'} split={q.split or '-'} n={q.n_images or '-'} {shown or '(not measured)'}"
         + (f"\nnotes: {'; '.join(q.notes)}" if q.notes else "")
     )
+    for b in q.baselines:
+        figs = {"PSNR/teacher": b.psnr_to_teacher, "SSIM/teacher": b.ssim_to_teacher, "PSNR/truth": b.psnr_to_ground_truth,
+                "SSIM/truth": b.ssim_to_ground_truth}
+        c.print(f"baseline {b.name}: " + " ".join(f"{k}={v:.4g}" for k, v in figs.items() if v is not None), markup=False)
+    if q.below_baseline is not None:
+        c.print("verdict: [bold red]FLAGGED: no better than a trivial baseline against the teacher[/bold red]"
+                if q.below_baseline else "verdict: beats the trivial baselines against the teacher")
     files = Table(title="files")
     for col in ("path", "bytes", "sha256"):
         files.add_column(col)

@@ -108,6 +108,16 @@ class Architecture(_Model):
     )
 
 
+class Baseline(_Model):
+    """A trivial generator's fidelity on the same held-out images, for judging a student's figures."""
+
+    name: str = Field(description="identity (input returned), mean-image (mean training image), teacher")
+    psnr_to_teacher: float | None = None
+    ssim_to_teacher: float | None = None
+    psnr_to_ground_truth: float | None = None
+    ssim_to_ground_truth: float | None = None
+
+
 class Quality(_Model):
     """Fidelity on held-out real images. Missing metrics are None and `notes` says why."""
 
@@ -123,6 +133,10 @@ class Quality(_Model):
     lpips: float | None = None
     fid: float | None = None
     kid: float | None = None
+    fid_to_teacher: float | None = Field(default=None, description="FID between this model's and the teacher's outputs")
+    baselines: list[Baseline] = Field(default_factory=list, description="trivial baselines on the same images")
+    below_baseline: bool | None = Field(default=None, description=(
+        "True: SSIM to the teacher not above the best trivial baseline's (None: not judged, e.g. the teacher)"))
     notes: list[str] = Field(default_factory=list)
 
 

@@ -177,7 +177,7 @@ def test_mismatching_checkpoint_is_a_clear_error(tmp_path):
     state = dict(ref.state_dict())
     state.pop("model.19.weight")  # the final 7x7 conv of the 2-block layout
     state["model.99.extra"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match=r"missing keys \(1\): model\.19\.weight.*unexpected keys \(1\): model\.99\.extra"):
+    with pytest.raises(CheckpointError, match=r"(?s)missing keys \(1\): model\.19\.weight.*unexpected keys \(1\): model\.99\.extra"):
         load_generator_state_dict(_save(state, tmp_path / "g.pth"), arch="resnet")
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_generator_state_dict(_save(ref.state_dict(), tmp_path / "h.pth"), arch="resnet", ngf=16)

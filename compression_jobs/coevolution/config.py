@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from compression_jobs.coevolution.genetic import GAParams
@@ -13,6 +15,11 @@ class CoevolutionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    selection: Literal["coevolve", "magnitude"] = Field(default="coevolve", description=(
+        "coevolve: the genetic search below; magnitude: no search, keep the channels with the largest norm scale "
+        "(|gamma|, else filter L1) at the widest uniform fraction within the budget (fast warm start on a CPU)"))
+    extra_budget_ratios: list[float] = Field(default_factory=list, description=(
+        "magnitude selection only: one more student per ratio of the teacher's MACs (e.g. [0.033] for ~30x)"))
     population: int = Field(default=16, ge=2)
     generations: int = Field(default=10, ge=0)
     elite: int = Field(default=2, ge=0)

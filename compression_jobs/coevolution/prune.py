@@ -244,3 +244,59 @@ def masked(net: nn.Module, masks: Masks) -> Iterator[nn.Module]:
     finally:
         for h in handles:
             h.remove()
+
+
+def _norm_or_filter_score(conv: nn.Module, norm: nn.Module) -> torch.Tensor:
+    """Per output channel: |scale| of an affine norm (what the channel contributes after normalisation),
+    else the L1 norm of the conv filter (Li et al. 2017, "Pruning Filters for Efficient ConvNets")."""
+    w = getattr(norm, "weight", None)
+    if w is not None:
+        return w.detach().abs()
+    weight = conv.weight.detach()
+    dims = (0, 2, 3) if isinstance(conv, nn.ConvTranspose2d) else (1, 2, 3)
+    return weight.abs().sum(dims)
+
+
+def channel_scores(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Importance of every prunable channel, per group (the stream: summed over all its producers)."""
+    net = _check(net)
+    m, lay = net.model, _layout(net)
+    scores = {name: _norm_or_filter_score(m[lay[name]], m[lay[name] + 1]) for name in ("stem", "down1", "up1", "up2")}
+    stream = _norm_or_filter_score(m[lay["down2"]], m[lay["down2"] + 1]).clone()
+    for b in range(net.n_blocks):
+        cb = m[lay["block0"] + b].conv_block
+        scores[f"block{b}"] = _norm_or_filter_score(cb[1], cb[2])
+        stream += _norm_or_filter_score(cb[len(cb) - 2], cb[len(cb) - 1])
+    scores["stream"] = stream
+    return scores
+
+
+def magnitude_masks(net: nn.Module, keep: float) -> Masks:
+    """Keep the top `keep` fraction (at least one) of every group's channels by :func:`channel_scores`."""
+    out = {}
+    for name, s in channel_scores(net).items():
+        k = max(1, min(len(s), int(round(keep * len(s)))))
+        mask = torch.zeros(len(s), dtype=torch.bool)
+        mask[torch.topk(s, k).indices] = True
+        out[name] = mask
+    return out
+
+
+def magnitude_prune(net: nn.Module, budget_macs: float, resolution: int = 256) -> ResnetGenerator:
+    """The compact generator with the largest uniform keep fraction whose MACs at `resolution` fit the
+    budget: channels ranked by magnitude, weights kept (a warm start for distillation, no search)."""
+    from compression_jobs.counting import count_macs
+
+    probe = 32  # conv MACs scale exactly with the area: count small, scale up
+    scale = (resolution / probe) ** 2
+
+    def macs(keep: float) -> float:
+        return count_macs(prune_generator(net, magnitude_masks(net, keep)), probe) * scale
+
+    lo, hi = 0.0, 1.0
+    if macs(1.0) <= budget_macs:
+        return prune_generator(net, magnitude_masks(net, 1.0))
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if macs(mid) <= budget_macs else (lo, mid)
+    return prune_generator(net, magnitude_masks(net, max(lo, 1e-6)))

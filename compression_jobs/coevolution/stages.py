@@ -6,7 +6,10 @@
   scored through the other's current best (cycle consistency). Writes ``coevolve.json`` and the
   compact (channels removed) generator ``net_G.pth``. Scoring runs on the CPU (each code is one
   small forward pass on ``coevolution.eval_images`` crops); ``job.device`` applies to fine-tuning.
-- ``prune-finetune``: trains the compact generator with the shared distillation objective
+  With ``coevolution.selection: magnitude`` there is no search: the channels with the largest norm
+  scale are kept at the widest uniform fraction within the budget (one compact generator per budget:
+  the job's and ``extra_budget_ratios``), a warm start that distils quickly on a CPU.
+- ``prune-finetune``: trains the compact generator(s) with the shared distillation objective
   (``distill`` section's loss weights: L1 + feature maps to the teacher, GAN loss with a D
   initialised from the teacher's, + ground truth when paired) for ``coevolution.finetune_steps``.
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from compression_jobs.coevolution.prune import ChannelGroups, PrunedWidths, build_pruned, prune_generator
+from compression_jobs.coevolution.prune import ChannelGroups, PrunedWidths, build_pruned, magnitude_prune, prune_generator
 from compression_jobs.coevolution.search import Side, coevolve
 from compression_jobs.counting import count_macs, count_params
 from compression_jobs.data import ImageSet, TrainStream
@@ -33,8 +36,9 @@ from compression_jobs.pipeline import (
     _parts,
     _teacher,
     macs_budget,
+    teacher_template,
 )
-from compression_jobs.teacher import D_NAME, build_teacher, load_teacher
+from compression_jobs.teacher import D_NAME, load_teacher
 
 SEARCH_FILE = "coevolve.json"
 G_FILE = "net_G.pth"
@@ -51,8 +55,37 @@ def _teacher_d(ctx: Context, path: Path, paired: bool, notes: list[str]) -> torc
     return d.eval()
 
 
+def stage_magnitude(ctx: Context, out: Path) -> dict:
+    """`selection: magnitude`: one compact generator per budget, channels ranked by magnitude (no search)."""
+    job, cfg = ctx.job, ctx.job.coevolution
+    teacher = _teacher(ctx)
+    teacher_macs = count_macs(teacher, MACS_RESOLUTION)
+    budgets = [b for b in [macs_budget(job, teacher_macs)] if b is not None]
+    budgets += [int(r * teacher_macs) for r in cfg.extra_budget_ratios]
+    if not budgets:
+        raise ValueError("magnitude selection needs a MACs budget (search.macs_budget / macs_budget_ratio)")
+    students = []
+    for i, budget in enumerate(budgets):
+        compact = magnitude_prune(teacher, budget, MACS_RESOLUTION)
+        name = G_FILE if i == 0 else f"net_G_{i}.pth"
+        save_state(compact, out / name)
+        students.append({"channel_config": str(compact.config), "file": name, "budget_macs": budget,
+                         "macs": count_macs(compact, MACS_RESOLUTION), "params": count_params(compact)})
+    first = students[0]
+    cost = {"teacher_macs": teacher_macs, "teacher_params": count_params(teacher), "macs": first["macs"],
+            "params": first["params"], "macs_resolution": MACS_RESOLUTION, "budget_macs": budgets[0],
+            "within_budget": first["macs"] <= budgets[0]}
+    data = {"selection": "magnitude", "channel_config": first["channel_config"], "students": students, "cost": cost,
+            "notes": ["channels kept by magnitude (norm scale, else filter L1), uniform fraction per budget; no search"]}
+    (out / SEARCH_FILE).write_text(json.dumps(data, indent=2))
+    return {"selection": "magnitude", "students": [{k: s[k] for k in ("channel_config", "macs")} for s in students],
+            "macs_reduction": [round(teacher_macs / s["macs"], 2) for s in students]}
+
+
 def stage_coevolve(ctx: Context, out: Path) -> dict:
     job, cfg = ctx.job, ctx.job.coevolution
+    if cfg.selection == "magnitude":
+        return stage_magnitude(ctx, out)
     teacher_dir = ctx.require("train-teacher")
     teacher = _teacher(ctx)
     train = ImageSet(job.data, "train")
@@ -95,37 +128,45 @@ def stage_coevolve(ctx: Context, out: Path) -> dict:
             "history": {s.name: s.history for s in result.sides}}
 
 
-def _searched(ctx: Context) -> tuple[Path, PrunedWidths]:
+def _searched(ctx: Context) -> tuple[Path, list[tuple[PrunedWidths, str]]]:
+    """The coevolve stage's compact generators: (widths, file name), the budget's student first."""
     d = ctx.require("coevolve")
-    return d, PrunedWidths.parse(json.loads((d / SEARCH_FILE).read_text())["channel_config"])
+    data = json.loads((d / SEARCH_FILE).read_text())
+    entries = data.get("students") or [{"channel_config": data["channel_config"], "file": G_FILE}]
+    return d, [(PrunedWidths.parse(e["channel_config"]), e["file"]) for e in entries]
 
 
 def _compact(ctx: Context, widths: PrunedWidths, path: Path) -> torch.nn.Module:
-    job = ctx.job
-    net = build_pruned(build_teacher(job.teacher, job.data.input_nc, job.data.output_nc), widths)
+    net = build_pruned(teacher_template(ctx), widths)
     net.load_state_dict(load_state(path))
     return net.eval()
 
 
 def stage_prune_finetune(ctx: Context, out: Path) -> dict:
     job, cfg = ctx.job, ctx.job.coevolution
-    d, widths = _searched(ctx)
-    student = _compact(ctx, widths, d / G_FILE)
+    d, found = _searched(ctx)
     teacher = _teacher(ctx)
     train = ImageSet(job.data, "train")
-    parts = _parts(ctx, student, teacher, train, None)
-    log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=cfg.finetune_steps,
-                        lr=cfg.finetune_lr, batch_size=job.distill.batch_size, seed=job.seed + 3,
-                        conditional_d=train.paired, desc=f"prune-finetune {widths}", device=job.device)
-    save_state(student, out / G_FILE)
-    return {"channel_config": str(widths), "steps": cfg.finetune_steps, "losses": log}
+    logs = {}
+    for i, (widths, name) in enumerate(found):
+        student = _compact(ctx, widths, d / name)
+        parts = _parts(ctx, student, teacher, train, None)
+        logs[str(widths)] = train_distill(
+            teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+            batch_size=job.distill.batch_size, seed=job.seed + 3 + i, conditional_d=train.paired,
+            desc=f"prune-finetune {widths}", device=job.device, mixed_precision=job.mixed_precision)
+        save_state(student, out / name)
+    first = str(found[0][0])
+    return {"channel_config": first, "students": list(logs), "steps": cfg.finetune_steps, "losses": logs[first]}
 
 
 def _students(ctx: Context) -> list[Student]:
-    _, widths = _searched(ctx)
-    path = ctx.require("prune-finetune") / G_FILE
-    return [Student(str(widths), lambda: _compact(ctx, widths, path),
-                    {"channel_config": str(widths), "pruned_from": "teacher (co-evolutionary channel pruning)"})]
+    _, found = _searched(ctx)
+    ft = ctx.require("prune-finetune")
+    how = ("magnitude channel pruning" if ctx.job.coevolution.selection == "magnitude"
+           else "co-evolutionary channel pruning")
+    return [Student(str(w), lambda w=w, name=name: _compact(ctx, w, ft / name),
+                    {"channel_config": str(w), "pruned_from": f"teacher ({how})"}) for w, name in found]
 
 
 def _summary(run_dir: Path) -> list[str]:
@@ -134,6 +175,10 @@ def _summary(run_dir: Path) -> list[str]:
         return []
     data = json.loads(p.read_text())
     c = data["cost"]
+    if data.get("selection") == "magnitude":
+        return [f"magnitude-pruned: {s['channel_config']}  {s['macs'] / 1e9:.3f} GMACs "
+                f"({c['teacher_macs'] / s['macs']:.2f}x fewer), params {s['params']:,} of {c['teacher_params']:,}"
+                for s in data["students"]]
     lines = [f"co-evolution best: {data['channel_config']}  {c['macs'] / 1e9:.3f} GMACs "
              f"({c['teacher_macs'] / c['macs']:.2f}x fewer), params {c['params']:,} of {c['teacher_params']:,}"]
     for s in data["result"]["sides"]:

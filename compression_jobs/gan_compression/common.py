@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
@@ -25,10 +26,26 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _bars_off() -> bool:
+    """No live bars when POCKETGAN_NO_PROGRESS is set or stderr is not a terminal (logs, CI, pipes):
+    a redrawn bar there is a flood of carriage returns."""
+    return bool(os.environ.get("POCKETGAN_NO_PROGRESS")) or not sys.stderr.isatty()
+
+
 def progress(it: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
-    """A tqdm bar with ETA on stderr (quiet when POCKETGAN_NO_PROGRESS is set)."""
-    disable = bool(os.environ.get("POCKETGAN_NO_PROGRESS"))
-    return iter(tqdm(it, total=total, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False))
+    """A tqdm bar with ETA on a terminal; elsewhere one line when the loop ends (none with POCKETGAN_NO_PROGRESS)."""
+    if not _bars_off():
+        return iter(tqdm(it, total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False))
+    return _one_line(it, desc, quiet=bool(os.environ.get("POCKETGAN_NO_PROGRESS")))
+
+
+def _one_line(it: Iterable[T], desc: str, quiet: bool) -> Iterator[T]:
+    start, n = time.perf_counter(), 0
+    for item in it:
+        yield item
+        n += 1
+    if not quiet:
+        print(f"  {desc}: {n} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def save_state(module: torch.nn.Module | dict, path: Path) -> None:
@@ -55,5 +72,10 @@ def load_state(path: Path) -> dict:
 
 def counter_bar(desc: str, total: int | None = None) -> tqdm:
     """A tqdm bar updated by hand (e.g. one tick per scored sub-network)."""
-    disable = bool(os.environ.get("POCKETGAN_NO_PROGRESS"))
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=_bars_off(), dynamic_ncols=True, leave=False)
+
+
+def autocast(device: str, mixed_precision: str):  # noqa: ANN201 - a torch.autocast context
+    """bf16 autocast on `device` when `mixed_precision` is "bf16" (no loss scaling needed), else a no-op context."""
+    dev = torch.device(device).type
+    return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")

@@ -19,10 +19,16 @@ class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TeacherConfig(_Cfg):
-    """Train a pix2pix/CycleGAN teacher, or use a given `latest_net_G.pth` (pix2pix key layout)."""
+TEACHER_ARCH_FIELDS: tuple[str, ...] = ("arch", "ngf", "n_blocks", "num_downs", "norm")
+"""Teacher fields that describe its architecture: with `checkpoint` they are inferred from the
+file; the ones set explicitly (in the YAML next to `checkpoint`, or by --set) override."""
 
-    checkpoint: str | None = Field(default=None, description="existing latest_net_G.pth; skips training")
+
+class TeacherConfig(_Cfg):
+    """Train a pix2pix/CycleGAN teacher, or use a given generator checkpoint (any reference key layout,
+    architecture inferred; see compression_jobs/checkpoints.py)."""
+
+    checkpoint: str | None = Field(default=None, description="existing generator state dict; skips training")
     discriminator: str | None = Field(default=None, description="existing latest_net_D.pth (optional)")
     arch: Literal["resnet", "unet"] = "resnet"
     ngf: int = 64
@@ -40,6 +46,10 @@ class TeacherConfig(_Cfg):
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
+
+    def arch_overrides(self) -> dict[str, Any]:
+        """The architecture fields set explicitly (they win over what a checkpoint implies)."""
+        return {k: getattr(self, k) for k in TEACHER_ARCH_FIELDS if k in self.model_fields_set}
 
 
 class StudentSpace(_Cfg):
@@ -66,6 +76,13 @@ class DistillConfig(_Cfg):
     lambda_gt: float = 10.0
     distill_layers: int = Field(default=3, ge=0, description="residual blocks matched by 1x1 mappers")
     recon_loss: Literal["l1", "l2"] = "l1"
+    lambda_ssim: float = Field(default=0.0, ge=0, description="weight of (1 - SSIM) between student and teacher outputs")
+    lr_schedule: Literal["constant", "cosine"] = Field(default="constant", description="cosine: anneal to 0 over the steps")
+    train_crop: int | None = Field(default=None, ge=8, description=(
+        "training crop side (None: data.crop_size); smaller crops = cheaper steps, evaluation stays at data.crop_size"))
+    cache_teacher: bool = Field(default=False, description=(
+        "compute the teacher's outputs on the training images once (at data.load_size) and crop them with the inputs; "
+        "used when no feature distillation needs the teacher's activations (distill_layers 0)"))
 
 
 class SupernetConfig(_Cfg):
@@ -132,6 +149,8 @@ class JobConfig(_Cfg):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(default=None, description="torch threads (None: leave as is)")
+    mixed_precision: Literal["off", "bf16"] = Field(default="off", description=(
+        "bf16 autocast for teacher training and distillation (GPUs with bf16, e.g. scripts/gpu-compress)"))
     deterministic: bool = True
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -153,8 +172,14 @@ def embedded_config_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Load an embedded config by name (`tiny`, `small`, `full`) or a YAML file by path."""
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None,
+                teacher: str | Path | None = None) -> JobConfig:
+    """Load an embedded config by name (`tiny`, `small`, `full`) or a YAML file by path.
+
+    `teacher` (``compress run --teacher FILE``): use that checkpoint instead of training the
+    config's teacher; the config's teacher architecture fields are dropped (the file's are
+    inferred) and only `overrides` may set them again.
+    """
     p = Path(name_or_path)
     if p.is_file():
         text = p.read_text()
@@ -164,6 +189,10 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
             raise FileNotFoundError(f"no config file {name_or_path!r} and no embedded config of that name (have {names})")
         text = (resources.files("compression_jobs") / "configs" / f"{name_or_path}.yaml").read_text()
     data = yaml.safe_load(text) or {}
+    if teacher is not None:
+        section = data.setdefault("teacher", {}) or {}
+        data["teacher"] = {k: v for k, v in section.items() if k not in TEACHER_ARCH_FIELDS + ("discriminator",)}
+        data["teacher"]["checkpoint"] = str(teacher)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     return JobConfig.model_validate(data)

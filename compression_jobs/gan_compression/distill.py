@@ -13,6 +13,7 @@ from the teacher's, and with paired data an extra L1 to the ground truth.
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -22,10 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compression_jobs.data import ImageSet, TrainStream
-from compression_jobs.gan_compression.common import progress
+from compression_jobs.gan_compression.common import autocast, progress
 from compression_jobs.gan_compression.config import DistillConfig
 from compression_jobs.gan_compression.batch_sync import BatchSync
 from compression_jobs.losses import FeatureMapper, FeatureTap, GANLoss, default_distill_layers
+from compression_jobs.metrics import ssim
 from compression_jobs.models.mobile import ChannelConfig
 
 
@@ -73,6 +75,31 @@ def _cond(x: torch.Tensor, y: torch.Tensor, conditional: bool) -> torch.Tensor:
 ConfigSampler = Callable[[int], ChannelConfig | None]
 
 
+@torch.no_grad()
+def teacher_target_set(teacher: nn.Module, train: ImageSet, batch_size: int = 8, crop: int | None = None,
+                       device: str = "cpu") -> ImageSet:
+    """`train` with the teacher's outputs (on the whole images at load size) as paired targets, so that
+    every training crop comes with the teacher's output for that crop without a teacher forward pass."""
+    dev = torch.device(device)
+    teacher.eval().to(dev)
+    outs = torch.cat([teacher(train.source[i : i + batch_size].to(dev)).cpu()
+                      for i in range(0, len(train), batch_size)])
+    teacher.cpu()
+    out = copy.copy(train)
+    out.target, out.paired = outs, True
+    if crop is not None:
+        out.cfg = train.cfg.model_copy(update={"crop_size": crop})
+    return out
+
+
+def _with_crop(train: ImageSet, crop: int | None) -> ImageSet:
+    if crop is None or crop == train.cfg.crop_size:
+        return train
+    out = copy.copy(train)
+    out.cfg = train.cfg.model_copy(update={"crop_size": crop})
+    return out
+
+
 def train_distill(
     *,
     teacher: nn.Module,
@@ -87,6 +114,7 @@ def train_distill(
     sample_config: ConfigSampler | None = None,
     desc: str = "distill",
     device: str = "cpu",
+    mixed_precision: str = "off",
 ) -> dict[str, float]:
     """Run `steps` distillation steps in place on `parts`; returns the last step's losses.
 
@@ -110,8 +138,18 @@ def train_distill(
     opt_g = torch.optim.Adam(g_params, lr=lr, betas=(cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=(cfg.beta1, 0.999))
     gan = GANLoss(cfg.gan_mode)
+    use_gan = cfg.lambda_gan > 0  # pure output distillation: no discriminator to train
+    schedulers = []
+    if cfg.lr_schedule == "cosine":
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, max(1, steps))
+                      for o in ((opt_g, opt_d) if use_gan else (opt_g,))]
     recon = F.l1_loss if cfg.recon_loss == "l1" else F.mse_loss
-    stream = TrainStream(train, batch_size, seed)
+    cached = cfg.cache_teacher and mapper is None and sync is None
+    if cached:
+        train_for_stream = teacher_target_set(teacher, train, crop=cfg.train_crop, device=device)
+    else:
+        train_for_stream = _with_crop(train, cfg.train_crop)
+    stream = TrainStream(train_for_stream, batch_size, seed)
     tap_t = FeatureTap(teacher, parts.teacher_layers) if mapper is not None else None
     tap_s = FeatureTap(student, parts.student_layers) if mapper is not None else None
     log: dict[str, float] = {}
@@ -122,29 +160,41 @@ def train_distill(
                 x, gt = sync.shard(x), (sync.shard(gt) if gt is not None else None)
             x = x.to(dev)
             gt = gt.to(dev) if gt is not None else None
-            with torch.no_grad():
-                t_out = teacher(x)
+            if cached:
+                t_out, gt = gt, None  # the cached teacher output is the only target
+            else:
+                with torch.no_grad(), autocast(device, mixed_precision):
+                    t_out = teacher(x)
             config = sample_config(step) if sample_config is not None else None
             if sync is not None:
                 sync.check_same(config)
-            s_out = student(x, config) if config is not None else student(x)
-            # discriminator: teacher output is "real", student output "fake"
-            opt_d.zero_grad(set_to_none=True)
-            loss_d = 0.5 * (
-                gan(D(_cond(x, t_out, conditional_d)), True) + gan(D(_cond(x, s_out.detach(), conditional_d)), False)
-            )
-            loss_d.backward()
-            if sync is not None:
-                sync.average_gradients(D.parameters())
-            opt_d.step()
+            with autocast(device, mixed_precision):
+                s_out = student(x, config) if config is not None else student(x)
+            loss_d = torch.zeros((), device=dev)
+            if use_gan:  # discriminator: teacher output is "real", student output "fake"
+                opt_d.zero_grad(set_to_none=True)
+                with autocast(device, mixed_precision):
+                    loss_d = 0.5 * (gan(D(_cond(x, t_out, conditional_d)), True)
+                                    + gan(D(_cond(x, s_out.detach(), conditional_d)), False))
+                loss_d.backward()
+                if sync is not None:
+                    sync.average_gradients(D.parameters())
+                opt_d.step()
             # student
             opt_g.zero_grad(set_to_none=True)
-            loss_gan = gan(D(_cond(x, s_out, conditional_d)), True, for_discriminator=False)
+            with autocast(device, mixed_precision):
+                loss_gan = gan(D(_cond(x, s_out, conditional_d)), True, for_discriminator=False) if use_gan else loss_d
+            s_out, t_out = s_out.float(), t_out.float()
             loss_recon = recon(s_out, t_out)
             total = cfg.lambda_gan * loss_gan + cfg.lambda_recon * loss_recon
+            loss_ssim = torch.zeros((), device=dev)
+            if cfg.lambda_ssim > 0:
+                loss_ssim = (1 - ssim(s_out, t_out)).mean().float()
+                total = total + cfg.lambda_ssim * loss_ssim
             loss_distill = torch.zeros((), device=dev)
             if mapper is not None:
-                loss_distill = mapper(tap_s.features(), tap_t.features())
+                with autocast(device, mixed_precision):
+                    loss_distill = mapper(tap_s.features(), tap_t.features()).float()
                 total = total + cfg.lambda_distill * loss_distill
             loss_gt = torch.zeros((), device=dev)
             if gt is not None and train.paired and cfg.lambda_gt > 0:
@@ -154,8 +204,10 @@ def train_distill(
             if sync is not None:
                 sync.average_gradients(g_params)
             opt_g.step()
+            for sch in schedulers:
+                sch.step()
             log = {"loss_d": loss_d.item(), "loss_gan": loss_gan.item(), "loss_recon": loss_recon.item(),
-                   "loss_distill": loss_distill.item(), "loss_gt": loss_gt.item()}
+                   "loss_distill": loss_distill.item(), "loss_gt": loss_gt.item(), "loss_ssim": loss_ssim.item()}
         if sync is not None:
             log = sync.average_log(log)
     finally:

@@ -1,8 +1,11 @@
 """`method: omgd` as one pipeline stage (`omgd`) between the shared teacher and export/publish.
 
-The shared pipeline teacher is used only for the student width choice (MACs budget) and for
-evaluation (PSNR/SSIM to it at export, `parent` of the published student): OMGD trains its own
-two teachers online, from scratch, as published.
+With paired data the shared pipeline teacher is used only for the student width choice (MACs
+budget) and for evaluation (PSNR/SSIM to it at export, `parent` of the published student): OMGD
+trains its own two teachers online, from scratch, as published. With unpaired data (a CycleGAN
+teacher, or `data.targets: false`) the shared teacher's outputs are the pseudo ground truth the
+online teachers learn from (as the OMGD paper does for CycleGAN tasks): the student still
+learns only from the online teachers.
 """
 
 from __future__ import annotations
@@ -78,8 +81,7 @@ def teachers(job: JobConfig) -> tuple[ResnetGenerator, ResnetGenerator]:
 
 
 def build_distiller(job: JobConfig, config: ChannelConfig, train: ImageSet) -> OnlineDistiller:
-    if not train.paired or train.target is None:
-        raise ValueError("omgd supports paired (pix2pix) data only; unpaired/CycleGAN teachers are not implemented")
+    """Online teachers + their conditional discriminators (pairs: ground truth or the shared teacher's pseudo-pairs)."""
     wide, deep = teachers(job)
     sample = train.source[:1, :, : job.data.crop_size, : job.data.crop_size]
     return OnlineDistiller(job.omgd, wide=wide, deep=deep,
@@ -89,23 +91,31 @@ def build_distiller(job: JobConfig, config: ChannelConfig, train: ImageSet) -> O
 
 def stage_omgd(ctx: Context, out: Path) -> dict:
     job = ctx.job
-    teacher_macs = macs_at(_teacher(ctx), MACS_RESOLUTION)
+    teacher = _teacher(ctx)
+    teacher_macs = macs_at(teacher, MACS_RESOLUTION)
     config, budget = choose_student(job, teacher_macs)
     train = ImageSet(job.data, "train")
     distiller = build_distiller(job, config, train)
     dev = torch.device(job.device)
     for m in distiller.modules():
         m.to(dev).train()
+    pseudo = not (train.paired and train.target is not None)
+    if pseudo:
+        teacher.to(dev).eval()
     steps = omgd_steps(job)
     stream = TrainStream(train, job.omgd.batch_size or job.distill.batch_size, job.seed)
     log: dict[str, float] = {}
     try:
         for step in progress(range(steps), steps, f"omgd (student {config})"):
             x, gt = stream.batch(step)
-            log = distiller.step(x.to(dev), gt.to(dev))
+            x = x.to(dev)
+            if pseudo:  # unpaired: the shared teacher's output is the pair
+                with torch.no_grad():
+                    gt = teacher(x)
+            log = distiller.step(x, gt.to(dev))
     finally:
         distiller.close()
-        for m in distiller.modules():
+        for m in [*distiller.modules(), teacher]:
             m.cpu()
     save_state(distiller.student, out / STUDENT_FILE)
     for name, m in (("teacher_wide.pth", distiller.teachers[0]), ("teacher_deep.pth", distiller.teachers[1]),
@@ -117,7 +127,7 @@ def stage_omgd(ctx: Context, out: Path) -> dict:
             "student_macs": macs_at(distiller.student, MACS_RESOLUTION),
             "wide_teacher": {"ngf": distiller.teachers[0].ngf, "n_blocks": distiller.teachers[0].n_blocks},
             "deep_teacher": {"ngf": distiller.teachers[1].ngf, "n_blocks": distiller.teachers[1].n_blocks},
-            "feature_terms": bool(distiller.encoders), "losses": log}
+            "feature_terms": bool(distiller.encoders), "pseudo_pairs_from_teacher": pseudo, "losses": log}
     (out / INFO_FILE).write_text(json.dumps(info, indent=2))
     return info
 

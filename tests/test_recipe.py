@@ -1,0 +1,63 @@
+"""The CPU recipe's parts: magnitude pruning of a real teacher, pure output distillation from cached
+teacher outputs (no discriminator when lambda_gan is 0), SSIM term, cosine schedule, smaller crops."""
+
+from __future__ import annotations
+
+import torch
+
+from compression_jobs.coevolution.prune import channel_scores, magnitude_prune
+from compression_jobs.counting import count_macs
+from compression_jobs.data import DataConfig, ImageSet
+from compression_jobs.gan_compression.config import DistillConfig
+from compression_jobs.gan_compression.distill import DistillParts, train_distill
+from compression_jobs.gan_compression.evaluate import fidelity, outputs
+from compression_jobs.models import patchgan_discriminator, resnet_generator
+
+
+def _teacher() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = resnet_generator(ngf=16, n_blocks=3, norm="instance-affine")
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                m.weight.uniform_(0.1, 2.0)
+    return net.eval()
+
+
+def test_magnitude_prune_fits_the_budget_and_keeps_the_strongest_channels():
+    teacher = _teacher()
+    full = count_macs(teacher, 256)
+    for ratio in (3, 10):
+        small = magnitude_prune(teacher, full / ratio)
+        macs = count_macs(small, 256)
+        assert macs <= full / ratio and macs > full / ratio / 2  # the widest fraction that fits, not any
+    small = magnitude_prune(teacher, full / 3)
+    scores = channel_scores(teacher)["stem"]
+    kept = small.config.stem
+    top = set(torch.topk(scores, kept).indices.tolist())
+    # the compact stem's norm scales are exactly the teacher's largest ones
+    assert sorted(small.model[2].weight.detach().tolist()) == sorted(scores[sorted(top)].tolist())
+
+
+def test_output_distillation_from_cached_teacher_outputs_learns_without_a_discriminator():
+    cfg = DataConfig(root="embedded:facades", direction="AtoB", targets=False, load_size=40, crop_size=32,
+                     max_train=6, max_test=3)
+    train, test = ImageSet(cfg, "train"), ImageSet(cfg, "test")
+    assert not train.paired and train.target is None
+    teacher = _teacher()
+    student = magnitude_prune(teacher, count_macs(teacher, 256) / 4)
+    torch.manual_seed(1)
+    for p in student.parameters():  # start far from the teacher so learning is visible
+        p.data.add_(torch.randn_like(p) * 0.2)
+    d = patchgan_discriminator(input_nc=3, ndf=8, n_layers=2)
+    d_before = {k: v.clone() for k, v in d.state_dict().items()}
+    t_out = outputs(teacher, test, 4)
+    before = fidelity(student.eval(), test, t_out, 4)["ssim_to_teacher"]
+    dcfg = DistillConfig(lambda_gan=0.0, lambda_recon=1.0, lambda_ssim=1.0, lambda_gt=0.0, distill_layers=0,
+                         lr_schedule="cosine", train_crop=24, cache_teacher=True)
+    log = train_distill(teacher=teacher, parts=DistillParts(student, None, d, [], []), train=train, cfg=dcfg,
+                        steps=30, lr=2e-3, batch_size=4, seed=0, conditional_d=False)
+    after = fidelity(student.eval(), test, t_out, 4)["ssim_to_teacher"]
+    assert after > before
+    assert log["loss_ssim"] > 0 and log["loss_d"] == 0.0
+    assert all(torch.equal(d_before[k], v) for k, v in d.state_dict().items())  # no discriminator update
