@@ -27,10 +27,10 @@ def main() -> None:
 
     import yaml
 
-    from compression_jobs.coevolution.stages import G_FILE, SEARCH_FILE, _compact
+    from compression_jobs.coevolution.stages import G_FILE, SEARCH_FILE, compact_student
     from compression_jobs.coevolution.prune import PrunedWidths
     from compression_jobs.gan_compression.config import JobConfig
-    from compression_jobs.pipeline import ARTIFACTS_FILE, Context, _held_out, read_state
+    from compression_jobs.pipeline import ARTIFACTS_FILE, Context, held_out, read_state
     from compression_jobs.gan_compression.evaluate import fidelity
     from registry.artifact import read_artifact_dir
 
@@ -41,8 +41,8 @@ def main() -> None:
     teacher = read_artifact_dir(run / "export" / "teacher")
     student_name = next(k for k in exported if k != "teacher")
     student = read_artifact_dir(run / "export" / student_name)
-    test, teacher_out, _ = _held_out(ctx)
-    before = fidelity(_compact(ctx, PrunedWidths.parse(search["channel_config"]), run / "coevolve" / G_FILE),
+    test, teacher_out, _ = held_out(ctx)
+    before = fidelity(compact_student(ctx, PrunedWidths.parse(search["channel_config"]), run / "coevolve" / G_FILE),
                       test, teacher_out, job.eval_batch_size)
 
     def p50(m) -> float | None:

@@ -23,8 +23,8 @@ from compression_jobs.pipeline import (
     ARTIFACTS_FILE,
     Context,
     MethodUnavailable,
-    _held_out,
-    _quality,
+    held_out,
+    measure_quality,
     add_profile,
     adopt_stage,
     completed_stages,
@@ -60,7 +60,7 @@ class CompareResult(BaseModel):
     published: list[dict]
 
 
-def _job_for(job: JobConfig, method: str) -> JobConfig:
+def job_for(job: JobConfig, method: str) -> JobConfig:
     """The job with another method; a copy, so which teacher fields were set explicitly is kept
     (re-validating a dump would turn every default into an override of a given checkpoint)."""
     return job.model_copy(deep=True, update={"method": method})
@@ -104,8 +104,8 @@ def quantize_winner(ctx: Context, folder: Path, out: Path, calib: Path) -> str:
     def generate(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.from_numpy(session.run(xi[None].numpy().astype("float32"))) for xi in x])
 
-    test, teacher_out, _ = _held_out(ctx)
-    q = _quality(ctx, generate, test, teacher_out, read_artifact_dir(folder, verify=False).quality.baselines)
+    test, teacher_out, _ = held_out(ctx)
+    q = measure_quality(ctx, generate, test, teacher_out, read_artifact_dir(folder, verify=False).quality.baselines)
     q = q.model_copy(update={"psnr_to_fp32": manifest.quality.psnr_to_fp32,
                              "notes": [*q.notes, "PSNR/SSIM measured on the INT8 model (ONNX Runtime, CPU)",
                                        *[n for n in manifest.quality.notes if n.startswith("psnr_to_fp32")]]})
@@ -131,7 +131,7 @@ def run_compare(job: JobConfig, root: Path, *, registry: object | None = None, i
             echo(f"[compare] {name}: not available ({exc})")
             results.append(MethodResult(method=name, available=False, note=str(exc)))
             continue
-        ctx = Context(_job_for(job, name), root / name, inception_weights, registry, publish_all=publish_all)
+        ctx = Context(job_for(job, name), root / name, inception_weights, registry, publish_all=publish_all)
         contexts[name] = ctx
         if teacher_run is not None and not completed_stages(ctx.run_dir):
             adopt_stage(teacher_run, ctx, "train-teacher")

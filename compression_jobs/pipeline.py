@@ -133,7 +133,7 @@ def teacher_template(ctx: Context) -> torch.nn.Module:
     return build_generator(spec.pop("arch"), **spec)
 
 
-def _teacher(ctx: Context) -> torch.nn.Module:
+def run_teacher(ctx: Context) -> torch.nn.Module:
     from compression_jobs.checkpoints import load_state_dict_strict
 
     d = ctx.require("train-teacher")
@@ -147,12 +147,12 @@ def _new_supernet(job: JobConfig) -> SuperMobileResnetGenerator:
                           input_nc=job.data.input_nc, output_nc=job.data.output_nc, **kw)
 
 
-def _discriminator(job: JobConfig, paired: bool) -> torch.nn.Module:
+def new_discriminator(job: JobConfig, paired: bool) -> torch.nn.Module:
     nc = job.data.input_nc + job.data.output_nc if paired else job.data.output_nc
     return build_discriminator(job.teacher, nc)
 
 
-def _parts(ctx: Context, student: torch.nn.Module, teacher: torch.nn.Module, train: ImageSet,
+def distill_parts(ctx: Context, student: torch.nn.Module, teacher: torch.nn.Module, train: ImageSet,
            from_stage: str | None, widths_from: torch.nn.Module | None = None) -> DistillParts:
     """Student + 1x1 mappers + discriminator; D initialised from the teacher's (or an earlier stage's).
 
@@ -162,7 +162,7 @@ def _parts(ctx: Context, student: torch.nn.Module, teacher: torch.nn.Module, tra
     job = ctx.job
     sample = train.source[:1, :, : job.data.crop_size, : job.data.crop_size]
     mapper, t_layers, s_layers = make_mapper(teacher, widths_from or student, job.distill.distill_layers, sample)
-    D = _discriminator(job, train.paired)
+    D = new_discriminator(job, train.paired)
     if from_stage is not None:
         d = ctx.stage_dir(from_stage)
         if mapper is not None:
@@ -182,9 +182,9 @@ def _save_parts(parts: DistillParts, out: Path, student_name: str) -> None:
         save_state(parts.mapper, out / "mapper.pth")
 
 
-def _held_out(ctx: Context) -> tuple[ImageSet, torch.Tensor, torch.nn.Module]:
+def held_out(ctx: Context) -> tuple[ImageSet, torch.Tensor, torch.nn.Module]:
     test = ImageSet(ctx.job.data, "test")
-    teacher = _teacher(ctx)
+    teacher = run_teacher(ctx)
     return test, outputs(teacher, test, ctx.job.eval_batch_size), teacher
 
 
@@ -227,10 +227,10 @@ def stage_train_teacher(ctx: Context, out: Path) -> dict:
 
 def stage_distill(ctx: Context, out: Path) -> dict:
     job = ctx.job
-    teacher = _teacher(ctx)
+    teacher = run_teacher(ctx)
     train = ImageSet(job.data, "train")
     sn = _new_supernet(job)
-    parts = _parts(ctx, sn, teacher, train, None)
+    parts = distill_parts(ctx, sn, teacher, train, None)
     largest = sn.space.largest()
     log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.distill.steps,
                         lr=job.distill.lr, batch_size=job.distill.batch_size, seed=job.seed,
@@ -242,11 +242,11 @@ def stage_distill(ctx: Context, out: Path) -> dict:
 
 def stage_train_supernet(ctx: Context, out: Path) -> dict:
     job = ctx.job
-    teacher = _teacher(ctx)
+    teacher = run_teacher(ctx)
     train = ImageSet(job.data, "train")
     sn = _new_supernet(job)
     sn.load_state_dict(load_state(ctx.require("distill") / "supernet.pth"))
-    parts = _parts(ctx, sn, teacher, train, "distill")
+    parts = distill_parts(ctx, sn, teacher, train, "distill")
     log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.supernet.steps,
                         lr=job.supernet.lr, batch_size=job.distill.batch_size, seed=job.seed + 1,
                         conditional_d=train.paired,
@@ -324,7 +324,7 @@ def _measure(ctx: Context, model: torch.nn.Module, folder: Path) -> float:
 
 def stage_search(ctx: Context, out: Path) -> dict:
     job, s = ctx.job, ctx.job.search
-    test, teacher_out, teacher = _held_out(ctx)
+    test, teacher_out, teacher = held_out(ctx)
     sn = _new_supernet(job)
     sn.load_state_dict(load_state(ctx.require("train-supernet") / "supernet.pth"))
     sn.eval()
@@ -352,7 +352,7 @@ def _chosen(ctx: Context) -> list[str]:
 
 def stage_finetune(ctx: Context, out: Path) -> dict:
     job = ctx.job
-    teacher = _teacher(ctx)
+    teacher = run_teacher(ctx)
     train = ImageSet(job.data, "train")
     sn = _new_supernet(job)
     sn.load_state_dict(load_state(ctx.require("train-supernet") / "supernet.pth"))
@@ -360,7 +360,7 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
     for i, cfg in enumerate(_chosen(ctx)):
         seed_everything(job.seed * 100 + 50 + i, job.deterministic)
         student = sn.extract(cfg)
-        parts = _parts(ctx, student, teacher, train, "train-supernet", widths_from=sn)
+        parts = distill_parts(ctx, student, teacher, train, "train-supernet", widths_from=sn)
         log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.finetune.steps,
                             lr=job.finetune.lr, batch_size=job.distill.batch_size, seed=job.seed + 2 + i,
                             conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device,
@@ -376,13 +376,13 @@ def new_student(job: JobConfig, config: ChannelConfig | str) -> MobileResnetGene
                                  input_nc=job.data.input_nc, output_nc=job.data.output_nc)
 
 
-def _student(job: JobConfig, cfg: str, path: Path) -> MobileResnetGenerator:
+def load_student(job: JobConfig, cfg: str, path: Path) -> MobileResnetGenerator:
     net = new_student(job, cfg)
     net.load_state_dict(load_state(path))
     return net.eval()
 
 
-def _quality(ctx: Context, model: torch.nn.Module, test: ImageSet, teacher_out: torch.Tensor | None,
+def measure_quality(ctx: Context, model: torch.nn.Module, test: ImageSet, teacher_out: torch.Tensor | None,
              baselines: list | None = None):
     """Quality of `model` on the held-out split; with `baselines` (students) they are recorded next to
     its figures and `below_baseline` says whether it beats the best trivial one (SSIM to the teacher)."""
@@ -443,7 +443,7 @@ def stage_export(ctx: Context, out: Path) -> dict:
     from compression_jobs.export import export_artifact
 
     job = ctx.job
-    test, teacher_out, teacher = _held_out(ctx)
+    test, teacher_out, teacher = held_out(ctx)
     job_info = {"name": job.name, "config_digest": config_digest(job), "seed": job.seed}
     r = job.export.resolution
     exported = {}
@@ -456,7 +456,7 @@ def stage_export(ctx: Context, out: Path) -> dict:
             manifest = add_profile(job, folder, manifest)
         return manifest.artifact_id
 
-    teacher_q = _quality(ctx, teacher, test, None)
+    teacher_q = measure_quality(ctx, teacher, test, None)
     teacher_id = one(teacher, out / "teacher", "teacher", None, teacher_q, {"role": "teacher"})
     exported["teacher"] = teacher_id
     baselines = run_baselines(ctx, test, teacher_out, teacher_q.model_dump())
@@ -465,7 +465,7 @@ def stage_export(ctx: Context, out: Path) -> dict:
     for st in progress(students, len(students), "export + profile"):
         student = st.load()
         exported[st.name] = one(student, out / st.name, method.name, teacher_id,
-                                _quality(ctx, student, test, teacher_out, baselines), {"role": "student", **st.job})
+                                measure_quality(ctx, student, test, teacher_out, baselines), {"role": "student", **st.job})
     (out / ARTIFACTS_FILE).write_text(json.dumps(exported, indent=2))
     (out / "baselines.json").write_text(json.dumps([b.model_dump() for b in baselines], indent=2))
     write_quality_report(out, job)
@@ -561,8 +561,9 @@ def publish_folders(ctx: Context, folders: list[Path]) -> list[dict]:
     for folder in folders:
         manifest = read_artifact_dir(folder)
         res = registry.publish_dir(folder)
-        for prof in manifest.profiles:
-            registry.add_profile(manifest.artifact_id, prof, task=ctx.job.task)
+        if not res.created:  # already published: a new manifest carries its profiles; an old one gets them added
+            for prof in manifest.profiles:
+                registry.add_profile(manifest.artifact_id, prof, task=ctx.job.task)
         published.append({"folder": folder.name, "artifact_id": res.manifest.artifact_id,
                           "created": bool(res.created), "method": manifest.method})
     return published
@@ -611,7 +612,7 @@ class MethodUnavailable(RuntimeError):
 
 def _gan_compression_students(ctx: Context) -> list[Student]:
     ft = ctx.require("finetune")
-    return [Student(cfg, lambda cfg=cfg: _student(ctx.job, cfg, ft / cfg / "net_G.pth"), {"channel_config": cfg})
+    return [Student(cfg, lambda cfg=cfg: load_student(ctx.job, cfg, ft / cfg / "net_G.pth"), {"channel_config": cfg})
             for cfg in _chosen(ctx)]
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,12 +54,6 @@ class Translation(BaseModel):
 
 def _say(msg: str) -> None:
     click.secho(msg, fg="cyan", err=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_s3(s3_dir: Path) -> LocalS3Handle:
@@ -101,11 +93,11 @@ def compress(config: str, run_dir: Path, registry: Registry, teacher: Path | Non
 
 def promote_set(registry: Registry, task: str, ids: list[str]) -> list[str]:
     """Promote exactly `ids` to the production channel, unless it already is that set."""
-    from registry.errors import NotFound
+    from registry.errors import MissingObject
 
     try:
         current = registry.read_alias(task, CHANNEL)
-    except NotFound:
+    except MissingObject:  # never promoted (a missing bucket is an error, not "no alias")
         current = None
     if current is not None and sorted(current.alias.artifacts) == sorted(ids):
         _say(f"[promote] {task}/{CHANNEL} already holds these {len(ids)} artifacts (revision {current.alias.revision})")
@@ -116,66 +108,45 @@ def promote_set(registry: Registry, task: str, ids: list[str]) -> list[str]:
 
 
 class Service:
-    """`pocketgan serve` as a child process, for as long as the `with` block runs."""
+    """`pocketgan serve` as a child process (service.launcher), for as long as the `with` block runs."""
 
     def __init__(self, env: dict[str, str], task: str, log: Path, port: int | None = None) -> None:
-        from service.cli import REPO_ROOT, serve_command, serve_env
+        from service.cli import serve_env
+        from service.launcher import ServiceProcess
 
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._cmd = serve_command(self.port, "127.0.0.1")
-        self._cwd = REPO_ROOT
-        self._env = serve_env(env, workers=1, tasks=(task,), channel=CHANNEL, hardware_tag=None,
-                              poll_interval_s=2.0, max_concurrency=None, timeout_s=None)
-        self._proc: subprocess.Popen | None = None
+        env = serve_env(env, workers=1, tasks=(task,), channel=CHANNEL, hardware_tag=None,
+                        poll_interval_s=2.0, max_concurrency=None, timeout_s=None)
+        self._server = ServiceProcess(env, log, port=port)
+        self.port, self.url, self.log = self._server.port, self._server.url, log
 
     def __enter__(self) -> "Service":
-        _say(f"[serve] starting bentoml serve on {self.url} (log: {self.log})")
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(self._cmd, env=self._env, cwd=self._cwd, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self._wait_ready(timeout_s=300.0)
-        except BaseException:  # __exit__ does not run when __enter__ fails: stop the server here
-            self.__exit__()
-            raise
-        return self
+        from service.launcher import ServiceStartError
 
-    def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise click.ClickException(f"the service exited with code {self._proc.returncode}; see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
-                    _say("[serve] ready (models loaded and warmed up)")
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise click.ClickException(f"the service was not ready after {timeout_s:.0f} s; see {self.log}")
+        _say(f"[serve] starting bentoml serve on {self.url} (log: {self.log})")
+        self._server.start()
+        try:
+            self._server.wait_for("/readyz", 300.0)
+        except ServiceStartError as exc:
+            self._server.stop()
+            raise click.ClickException(f"the service did not become ready: {str(exc).splitlines()[0]}") from exc
+        except BaseException:  # __exit__ does not run when __enter__ fails: stop the server here
+            self._server.stop()
+            raise
+        _say("[serve] ready (models loaded and warmed up)")
+        return self
 
     @property
     def pid(self) -> int:
         """PID of the service process (also its process group id)."""
-        return self._proc.pid
+        assert self._server.proc is not None
+        return self._server.proc.pid
 
     def wait(self) -> None:
         """Block until Ctrl-C or the service exits."""
-        try:
-            self._proc.wait()
-        except KeyboardInterrupt:
-            pass
+        self._server.wait()
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, 15)
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, 9)
-                self._proc.wait()
+        self._server.stop()
 
 
 def translate(url: str, task: str, img: Image.Image, name: str, budget_ms: float, out: Path,

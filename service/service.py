@@ -273,7 +273,7 @@ class PocketGAN:
         return fields, data
 
     def _budget(self, raw: str | float | None, device_class: str) -> float:
-        if raw is None or raw == "":
+        if raw is None:  # absent: the device class's default ("" is not a number: refused below)
             return self.settings.device_classes[device_class]
         try:
             budget = float(raw)
@@ -353,7 +353,8 @@ class PocketGAN:
             if device_class not in self.settings.device_classes:
                 raise ImageRejected(
                     400, "unknown_device_class",
-                    f"unknown device class {device_class[:64]!r}; known: {', '.join(self.settings.device_classes)}",
+                    f"unknown device class {device_class[:64]!r}; known: {', '.join(self.settings.device_classes)} "
+                    "(omit the field for the default)",
                 )
             budget = self._budget(fields.get("latency_budget_ms"), device_class)
             out_fmt = fields.get("output_format") or None

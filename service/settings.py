@@ -212,8 +212,9 @@ class ServiceSettings(BaseSettings):
         return v
 
     def device_class_or_default(self, name: str | None) -> str:
-        """The request's device class, or the configured default (the first class when none is set)."""
-        return name or self.default_device_class or next(iter(self.device_classes))
+        """The request's device class, or the configured default (the first class when none is set) when
+        the field is absent; an empty one is kept (and refused: the schema says so)."""
+        return name if name is not None else self.default_device_class or next(iter(self.device_classes))
 
     @model_validator(mode="after")
     def _bounds(self) -> "ServiceSettings":

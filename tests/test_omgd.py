@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from compression_jobs.gan_compression.config import load_config
 from compression_jobs.omgd.distill import OnlineDistiller, TeacherOutputs, channel_distill, gram
 from compression_jobs.omgd.stages import choose_student, new_student, teachers, uniform_configs
-from compression_jobs.pipeline import _discriminator
+from compression_jobs.pipeline import new_discriminator
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -38,7 +38,7 @@ def _make(cls=OnlineDistiller, seed: int = 0) -> OnlineDistiller:
     job = load_config("tiny")
     wide, deep = teachers(job)
     sample = torch.rand(1, 3, 32, 32) * 2 - 1
-    return cls(job.omgd, wide=wide, deep=deep, discriminators=[_discriminator(job, True), _discriminator(job, True)],
+    return cls(job.omgd, wide=wide, deep=deep, discriminators=[new_discriminator(job, True), new_discriminator(job, True)],
                student=new_student(job, uniform_configs(job)[0]), sample=sample)
 
 

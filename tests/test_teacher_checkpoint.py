@@ -134,7 +134,7 @@ def test_config_teacher_fields_override_what_the_checkpoint_implies(vintagify, t
 
 
 def test_teacher_option_drops_the_configs_teacher_architecture_but_keeps_set_overrides(vintagify):
-    from compression_jobs.compare import _job_for
+    from compression_jobs.compare import job_for
     from compression_jobs.gan_compression.config import load_config
 
     tiny = load_config("tiny")
@@ -143,4 +143,4 @@ def test_teacher_option_drops_the_configs_teacher_architecture_but_keeps_set_ove
     assert job.teacher.checkpoint == str(vintagify)
     assert job.teacher.arch_overrides() == {"norm": "instance-affine"}  # only what --set gave
     # compare switches methods on a copy: defaults must not turn into overrides of the checkpoint
-    assert _job_for(job, "omgd").teacher.arch_overrides() == {"norm": "instance-affine"}
+    assert job_for(job, "omgd").teacher.arch_overrides() == {"norm": "instance-affine"}

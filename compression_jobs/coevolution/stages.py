@@ -32,9 +32,9 @@ from compression_jobs.pipeline import (
     Context,
     Method,
     Student,
-    _discriminator,
-    _parts,
-    _teacher,
+    new_discriminator,
+    distill_parts,
+    run_teacher,
     macs_budget,
     teacher_template,
 )
@@ -50,7 +50,7 @@ def _teacher_d(ctx: Context, path: Path, paired: bool, notes: list[str]) -> torc
     if not path.is_file():
         notes.append(f"no trained discriminator {path.name}: the discriminator-aware term is left out")
         return None
-    d = _discriminator(ctx.job, paired)
+    d = new_discriminator(ctx.job, paired)
     d.load_state_dict(load_state(path))
     return d.eval()
 
@@ -58,7 +58,7 @@ def _teacher_d(ctx: Context, path: Path, paired: bool, notes: list[str]) -> torc
 def stage_magnitude(ctx: Context, out: Path) -> dict:
     """`selection: magnitude`: one compact generator per budget, channels ranked by magnitude (no search)."""
     job, cfg = ctx.job, ctx.job.coevolution
-    teacher = _teacher(ctx)
+    teacher = run_teacher(ctx)
     teacher_macs = count_macs(teacher, MACS_RESOLUTION)
     budgets = [b for b in [macs_budget(job, teacher_macs)] if b is not None]
     budgets += [int(r * teacher_macs) for r in cfg.extra_budget_ratios]
@@ -87,7 +87,7 @@ def stage_coevolve(ctx: Context, out: Path) -> dict:
     if cfg.selection == "magnitude":
         return stage_magnitude(ctx, out)
     teacher_dir = ctx.require("train-teacher")
-    teacher = _teacher(ctx)
+    teacher = run_teacher(ctx)
     train = ImageSet(job.data, "train")
     x_a, x_b = TrainStream(train, cfg.eval_images, job.seed + 7).batch(0)
     notes: list[str] = []
@@ -136,7 +136,7 @@ def _searched(ctx: Context) -> tuple[Path, list[tuple[PrunedWidths, str]]]:
     return d, [(PrunedWidths.parse(e["channel_config"]), e["file"]) for e in entries]
 
 
-def _compact(ctx: Context, widths: PrunedWidths, path: Path) -> torch.nn.Module:
+def compact_student(ctx: Context, widths: PrunedWidths, path: Path) -> torch.nn.Module:
     net = build_pruned(teacher_template(ctx), widths)
     net.load_state_dict(load_state(path))
     return net.eval()
@@ -145,12 +145,12 @@ def _compact(ctx: Context, widths: PrunedWidths, path: Path) -> torch.nn.Module:
 def stage_prune_finetune(ctx: Context, out: Path) -> dict:
     job, cfg = ctx.job, ctx.job.coevolution
     d, found = _searched(ctx)
-    teacher = _teacher(ctx)
+    teacher = run_teacher(ctx)
     train = ImageSet(job.data, "train")
     logs = {}
     for i, (widths, name) in enumerate(found):
-        student = _compact(ctx, widths, d / name)
-        parts = _parts(ctx, student, teacher, train, None)
+        student = compact_student(ctx, widths, d / name)
+        parts = distill_parts(ctx, student, teacher, train, None)
         logs[str(widths)] = train_distill(
             teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
             batch_size=job.distill.batch_size, seed=job.seed + 3 + i, conditional_d=train.paired,
@@ -165,7 +165,7 @@ def _students(ctx: Context) -> list[Student]:
     ft = ctx.require("prune-finetune")
     how = ("magnitude channel pruning" if ctx.job.coevolution.selection == "magnitude"
            else "co-evolutionary channel pruning")
-    return [Student(str(w), lambda w=w, name=name: _compact(ctx, w, ft / name),
+    return [Student(str(w), lambda w=w, name=name: compact_student(ctx, w, ft / name),
                     {"channel_config": str(w), "pruned_from": f"teacher ({how})"}) for w, name in found]
 
 

@@ -28,9 +28,9 @@ from compression_jobs.pipeline import (
     Context,
     Method,
     Student,
-    _discriminator,
-    _student,
-    _teacher,
+    new_discriminator,
+    load_student,
+    run_teacher,
     macs_budget,
     new_student,
 )
@@ -85,13 +85,13 @@ def build_distiller(job: JobConfig, config: ChannelConfig, train: ImageSet) -> O
     wide, deep = teachers(job)
     sample = train.source[:1, :, : job.data.crop_size, : job.data.crop_size]
     return OnlineDistiller(job.omgd, wide=wide, deep=deep,
-                           discriminators=[_discriminator(job, True), _discriminator(job, True)],
+                           discriminators=[new_discriminator(job, True), new_discriminator(job, True)],
                            student=new_student(job, config), sample=sample, conditional_d=True)
 
 
 def stage_omgd(ctx: Context, out: Path) -> dict:
     job = ctx.job
-    teacher = _teacher(ctx)
+    teacher = run_teacher(ctx)
     teacher_macs = macs_at(teacher, MACS_RESOLUTION)
     config, budget = choose_student(job, teacher_macs)
     train = ImageSet(job.data, "train")
@@ -135,7 +135,7 @@ def stage_omgd(ctx: Context, out: Path) -> dict:
 def students(ctx: Context) -> list[Student]:
     d = ctx.require(STAGE)
     cfg = json.loads((d / INFO_FILE).read_text())["channel_config"]
-    return [Student(cfg, lambda: _student(ctx.job, cfg, d / STUDENT_FILE), {"channel_config": cfg})]
+    return [Student(cfg, lambda: load_student(ctx.job, cfg, d / STUDENT_FILE), {"channel_config": cfg})]
 
 
 def summary(run_dir: Path) -> list[str]:
