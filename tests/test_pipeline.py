@@ -198,3 +198,22 @@ def test_unpaired_cyclegan_data_runs_through_finetune(tmp_path):
     assert info["train-teacher"]["info"]["mode"] == "cyclegan"
     assert info["distill"]["info"]["losses"]["loss_gt"] == 0.0
     assert len(_final_weights(ctx.run_dir)) == 1
+
+
+def test_progress_off_a_terminal_prints_a_line_every_interval_and_one_at_the_end(monkeypatch, capsys) -> None:
+    """Logs get readable progress: periodic lines with a count and an ETA, no carriage returns."""
+    import itertools
+
+    from compression_jobs.gan_compression import common
+
+    clock = itertools.count(0.0, 11.0)  # each step "takes" 11 s
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    monkeypatch.delenv("POCKETGAN_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(common, "_bars_off", lambda: True)
+    assert list(common.progress(range(9), 9, "distill")) == list(range(9))
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "\r" not in err and len(lines) == 4, lines  # after 33, 66 and 99 s, then the end
+    assert lines[0].strip().startswith("distill: 3/9 after 33 s, ~66 s left") and "9 done in" in lines[-1]
+    monkeypatch.setenv("POCKETGAN_NO_PROGRESS", "1")
+    assert list(common.progress(range(3), 3, "quiet")) == [0, 1, 2] and capsys.readouterr().err == ""

@@ -32,18 +32,29 @@ def _bars_off() -> bool:
     return bool(os.environ.get("POCKETGAN_NO_PROGRESS")) or not sys.stderr.isatty()
 
 
+PROGRESS_LINE_EVERY_S = 30.0
+
+
 def progress(it: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
-    """A tqdm bar with ETA on a terminal; elsewhere one line when the loop ends (none with POCKETGAN_NO_PROGRESS)."""
+    """A tqdm bar with ETA on a terminal; elsewhere a plain line every 30 s (count, ETA) and one when
+    the loop ends, so a long stage in a log is neither silent nor a carriage-return flood (none
+    with POCKETGAN_NO_PROGRESS)."""
     if not _bars_off():
         return iter(tqdm(it, total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False))
-    return _one_line(it, desc, quiet=bool(os.environ.get("POCKETGAN_NO_PROGRESS")))
+    return _lines(it, total, desc, quiet=bool(os.environ.get("POCKETGAN_NO_PROGRESS")))
 
 
-def _one_line(it: Iterable[T], desc: str, quiet: bool) -> Iterator[T]:
-    start, n = time.perf_counter(), 0
+def _lines(it: Iterable[T], total: int | None, desc: str, quiet: bool) -> Iterator[T]:
+    start = last = time.perf_counter()
+    n = 0
     for item in it:
         yield item
         n += 1
+        now = time.perf_counter()
+        if not quiet and now - last >= PROGRESS_LINE_EVERY_S:
+            left = f", ~{(now - start) / n * (total - n):.0f} s left" if total else ""
+            print(f"  {desc}: {n}/{total or '?'} after {now - start:.0f} s{left}", file=sys.stderr, flush=True)
+            last = now
     if not quiet:
         print(f"  {desc}: {n} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
