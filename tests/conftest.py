@@ -166,3 +166,4 @@ def make_tiny_onnx(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def tiny_onnx(tmp_path: Path) -> Path:
     return build_tiny_onnx(tmp_path / "tiny" / "model.onnx")
+

@@ -27,13 +27,7 @@ from compression_jobs.models.supernet import supernet
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tests share 2 cores with other suites: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

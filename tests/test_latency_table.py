@@ -36,12 +36,7 @@ from registry.optables import OpTable, get_optable, list_optables, optable_key, 
 TINY_MAX = "16_32_64_64_64_64_32_16"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _space() -> ChannelSpace:
