@@ -6,7 +6,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-OutputFormat = Literal["png", "jpeg", "webp"]
 ModelFormat = Literal["onnx", "ort", "onnx-fp16"]
 RESOLVE_FORMATS: tuple[str, ...] = ("onnx", "ort", "onnx-fp16")
 
@@ -18,17 +17,6 @@ class ErrorBody(BaseModel):
     error: str = Field(description="one-line human-readable message (never exception text)")
     reason: str = Field(description="stable machine-readable code, e.g. body_too_large, unknown_task, busy")
     request_id: str = Field(description="the X-Request-Id of the request (also a response header and in the logs)")
-
-
-class TranslateParams(BaseModel):
-    """The form fields of `POST /translate` (the image itself is the `image` file part)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: str
-    device_class: str
-    latency_budget_ms: float | None = None
-    output_format: OutputFormat | None = None
 
 
 class ResolveRequest(BaseModel):

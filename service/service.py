@@ -66,7 +66,7 @@ from registry.runtime import target_size, tensor_to_image
 from service.edge import ROUTES, Edge
 from service.images import Decoded, ImageRejected, Probed, decode_image, encode_image, probe_image
 from service.metrics import Metrics, build_metrics, filter_exposition
-from service.openapi import OpenAPIDocument, client_routes, openapi_document, register_yaml
+from service.openapi import OUTPUT_FORMATS, OpenAPIDocument, client_routes, openapi_document, register_yaml
 from service.pool import LoadedArtifact, ModelPool, candidate_for, summarize
 from service.schemas import (
     CandidateOut,
@@ -358,7 +358,7 @@ class PocketGAN:
                 )
             budget = self._budget(fields.get("latency_budget_ms"), device_class)
             out_fmt = fields.get("output_format") or None
-            if out_fmt is not None and out_fmt not in ("png", "jpeg", "webp"):
+            if out_fmt is not None and out_fmt not in OUTPUT_FORMATS:
                 raise ImageRejected(400, "bad_parameter", f"output_format must be png, jpeg or webp, got {out_fmt[:16]!r}")
             mset = self.pool.snapshot(task)  # held for the whole request: a swap does not affect it
             if mset is None:
