@@ -333,9 +333,7 @@ def stage_search(ctx: Context, out: Path) -> dict:
     latency = _fit_latency(ctx, sn, out) if s.latency_budget_ms is not None else None
     with counter_bar("search (sub-networks scored)") as bar:
         result = evolutionary_search(
-            sn, test, teacher_out, resolution=MACS_RESOLUTION, budget_macs=budget_macs, latency=latency,
-            budget_latency_ms=s.latency_budget_ms, population=s.population, generations=s.generations,
-            parents=s.parents, mutate_prob=s.mutate_prob, metric=s.metric, max_publish=s.max_publish,
+            sn, test, teacher_out, s, resolution=MACS_RESOLUTION, budget_macs=budget_macs, latency=latency,
             seed=job.seed, batch_size=job.eval_batch_size, progress_cb=bar.update, device=job.device,
         )
     data = result.to_json()

@@ -138,9 +138,8 @@ def test_search_respects_the_macs_budget(small_sets):
     t_out = outputs(teacher, test, 4)
     all_macs = sorted(macs_at(sn, 256, {"config": c}) for c in sn.space.all_configs())
     budget = all_macs[len(all_macs) // 3]
-    res = evolutionary_search(sn, test, t_out, resolution=256, budget_macs=budget, latency=None,
-                              budget_latency_ms=None, population=6, generations=2, parents=2, mutate_prob=0.5,
-                              metric="ssim", max_publish=3, seed=0, batch_size=4)
+    cfg = SearchConfig(macs_budget=budget, population=6, generations=2, parents=2, mutate_prob=0.5, max_publish=3)
+    res = evolutionary_search(sn, test, t_out, cfg, resolution=256, budget_macs=budget, latency=None, seed=0, batch_size=4)
     by_cfg = {c.config: c for c in res.evaluated}
     assert res.chosen and set(res.chosen) <= set(res.pareto)
     for cfg in res.chosen:
@@ -148,9 +147,9 @@ def test_search_respects_the_macs_budget(small_sets):
         assert by_cfg[cfg].macs == count_macs(sn.extract(cfg), 256)
     assert all(c.macs <= budget for c in res.evaluated if c.feasible)
     with pytest.raises(ValueError, match="below the smallest"):
-        evolutionary_search(sn, test, t_out, resolution=256, budget_macs=all_macs[0] - 1, latency=None,
-                            budget_latency_ms=None, population=4, generations=1, parents=2, mutate_prob=0.5,
-                            metric="ssim", max_publish=1, seed=0)
+        tight = SearchConfig(macs_budget=all_macs[0] - 1, population=4, generations=1, parents=2, mutate_prob=0.5,
+                             max_publish=1)
+        evolutionary_search(sn, test, t_out, tight, resolution=256, budget_macs=all_macs[0] - 1, latency=None, seed=0)
 
 
 def test_configs_load_and_validate():

@@ -16,6 +16,7 @@ from torch import nn
 from compression_jobs.data import DataConfig, ImageSet
 from compression_jobs.export import export_onnx
 from compression_jobs.gan_compression.evaluate import outputs
+from compression_jobs.gan_compression.config import SearchConfig
 from compression_jobs.gan_compression.search import evolutionary_search, macs_at
 from compression_jobs.latency_table import (
     TableLatencyModel,
@@ -166,9 +167,10 @@ def test_search_under_a_latency_budget_for_another_device(registry):
     table = fetch_table(registry, "phone-x", required=True)
     lut = TableLatencyModel.for_space(table, sn.space, 3, resolution=256, fast_graph=True)
     budget = 40.0  # below 1.25 * 50 ms: every config whose head is 16 wide is too slow on phone-x
-    res = evolutionary_search(sn, test, outputs(teacher, test, 4), resolution=256, budget_macs=None, latency=lut,
-                              budget_latency_ms=budget, population=6, generations=2, parents=2, mutate_prob=0.5,
-                              metric="ssim", max_publish=3, seed=0, batch_size=4)
+    cfg = SearchConfig(latency_budget_ms=budget, hardware_tag="phone-x", population=6, generations=2, parents=2,
+                       mutate_prob=0.5, max_publish=3)
+    res = evolutionary_search(sn, test, outputs(teacher, test, 4), cfg, resolution=256, budget_macs=None, latency=lut,
+                              seed=0, batch_size=4)
     assert res.hardware_tag == "phone-x" and res.latency_model["kind"] == "op-table"
     assert res.chosen
     by = {c.config: c for c in res.evaluated}

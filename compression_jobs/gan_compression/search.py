@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from compression_jobs.data import ImageSet
 from compression_jobs.gan_compression.evaluate import fidelity
 from compression_jobs.models.mobile import ChannelConfig
 from compression_jobs.models.supernet import SuperMobileResnetGenerator
+
+if TYPE_CHECKING:  # config -> coevolution.config -> coevolution.search imports this module (macs_at)
+    from compression_jobs.gan_compression.config import SearchConfig
 
 _COUNT_RES = 32  # MACs scale exactly with H*W for sides divisible by 4, so count small and scale
 
@@ -139,23 +142,24 @@ def evolutionary_search(
     supernet: SuperMobileResnetGenerator,
     test: ImageSet,
     teacher_out: torch.Tensor,
+    cfg: SearchConfig,
     *,
     resolution: int,
     budget_macs: int | None,
     latency: LatencyPredictor | None,
-    budget_latency_ms: float | None,
-    population: int,
-    generations: int,
-    parents: int,
-    mutate_prob: float,
-    metric: str,
-    max_publish: int,
     seed: int,
     batch_size: int = 8,
     progress_cb: Callable[[int], None] | None = None,
     device: str = "cpu",
 ) -> SearchResult:
-    """Score sub-networks on held-out images; keep the best `parents`, mutate/cross them over."""
+    """Score sub-networks on held-out images; keep the best `cfg.parents`, mutate/cross them over.
+
+    `cfg` gives the search's own settings (population, generations, parents, mutation, metric,
+    max_publish, latency budget); `budget_macs` is the MACs budget already resolved against the teacher.
+    """
+    population, generations, parents = cfg.population, cfg.generations, cfg.parents
+    mutate_prob, metric, max_publish = cfg.mutate_prob, cfg.metric, cfg.max_publish
+    budget_latency_ms = cfg.latency_budget_ms
     space = supernet.space
     rng = random.Random(seed)
     cache: dict[str, Candidate] = {}
