@@ -23,7 +23,7 @@ Student norm: ``instance`` (no affine, no parameters), which the supernet can sl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -91,14 +91,19 @@ class SeparableConv2d(nn.Module):
     """Depthwise kxk conv (groups=in) -> norm -> pointwise 1x1 conv, as in GAN Compression."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = "instance",
-                 conv: type[nn.Conv2d] = nn.Conv2d) -> None:
+                 conv: type[nn.Conv2d] = nn.Conv2d, make_norm: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         bias = uses_bias(norm)
-        self.conv = nn.Sequential(
+        self.conv = nn.Sequential(  # positions are state-dict keys (conv.0 / conv.2): keep them
             conv(in_channels, in_channels, kernel_size, 1, 0, groups=in_channels, bias=bias),
-            norm_layer(norm)(in_channels),
+            (make_norm or norm_layer(norm))(in_channels),
             conv(in_channels, out_channels, 1, 1, 0, bias=bias),
         )
+
+    @property
+    def pointwise(self) -> nn.Conv2d:
+        """The 1x1 conv that sets this layer's output width."""
+        return self.conv[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -107,18 +112,29 @@ class SeparableConv2d(nn.Module):
 class MobileResnetBlock(nn.Module):
     """x + [pad, sep(dim->hidden), norm, ReLU, pad, sep(hidden->dim), norm](x)."""
 
-    def __init__(self, dim: int, hidden: int, norm: str = "instance", conv: type[nn.Conv2d] = nn.Conv2d) -> None:
+    def __init__(self, dim: int, hidden: int, norm: str = "instance", conv: type[nn.Conv2d] = nn.Conv2d,
+                 make_norm: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
-        make_norm = norm_layer(norm)
-        self.conv_block = nn.Sequential(
+        make_norm = make_norm or norm_layer(norm)
+        self.conv_block = nn.Sequential(  # positions are state-dict keys (conv_block.1 / .5): keep them
             nn.ReflectionPad2d(1),
-            SeparableConv2d(dim, hidden, 3, norm, conv),
+            SeparableConv2d(dim, hidden, 3, norm, conv, make_norm),
             make_norm(hidden),
             nn.ReLU(True),
             nn.ReflectionPad2d(1),
-            SeparableConv2d(hidden, dim, 3, norm, conv),
+            SeparableConv2d(hidden, dim, 3, norm, conv, make_norm),
             make_norm(dim),
         )
+
+    @property
+    def expand(self) -> SeparableConv2d:
+        """dim -> hidden: its pointwise conv sets the block's hidden width."""
+        return self.conv_block[1]
+
+    @property
+    def project(self) -> SeparableConv2d:
+        """hidden -> dim: its pointwise conv returns to the trunk width."""
+        return self.conv_block[5]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_block(x)
@@ -133,13 +149,15 @@ def build_mobile_layers(
     norm: str,
     conv: type[nn.Conv2d] = nn.Conv2d,
     conv_t: type[nn.ConvTranspose2d] = nn.ConvTranspose2d,
+    make_norm: Callable[[int], nn.Module] | None = None,
 ) -> tuple[nn.Sequential, list[tuple[nn.Module, int]]]:
     """The layer stack plus, for each width-setting conv, the config index that sets it.
 
     Shared by the student and the supernet so that their state-dict keys are identical,
-    which is what lets ``supernet.extract`` copy weights by name.
+    which is what lets ``supernet.extract`` copy weights by name. `make_norm` replaces the norm
+    named by `norm` (the supernet's width-agnostic instance norm); `norm` still sets conv biases.
     """
-    make_norm = norm_layer(norm)
+    make_norm = make_norm or norm_layer(norm)
     bias = uses_bias(norm)
     slots: list[tuple[nn.Module, int]] = []
     c = widths.channels
@@ -161,9 +179,9 @@ def build_mobile_layers(
         nn.ReLU(True),
     ]
     for group in block_groups(n_blocks):
-        block = MobileResnetBlock(c[2], c[3 + group], norm, conv)
-        slots.append((block.conv_block[1].conv[2], 3 + group))
-        slots.append((block.conv_block[5].conv[2], 2))
+        block = MobileResnetBlock(c[2], c[3 + group], norm, conv, make_norm)
+        slots.append((block.expand.pointwise, 3 + group))
+        slots.append((block.project.pointwise, 2))
         layers.append(block)
     layers += [
         add(conv_t(c[2], c[6], 3, 2, 1, output_padding=1, bias=bias), 6),

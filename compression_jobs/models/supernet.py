@@ -73,6 +73,11 @@ class ElasticInstanceNorm2d(nn.InstanceNorm2d):
         return F.instance_norm(x, eps=self.eps)
 
 
+def elastic_instance_norm(channels: int) -> ElasticInstanceNorm2d:
+    """The supernet's norm (affine=False: nothing to slice, so any width that arrives is fine)."""
+    return ElasticInstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
 @dataclass(frozen=True)
 class ChannelSpace:
     """The choices per config slot (ascending widths, each a multiple of 8 and <= the max width)."""
@@ -152,11 +157,8 @@ class SuperMobileResnetGenerator(nn.Module):
         self.norm = "instance"
         self.model, self._slots = build_mobile_layers(
             space.max_config, input_nc=input_nc, output_nc=output_nc, n_blocks=n_blocks, norm="instance",
-            conv=ElasticConv2d, conv_t=ElasticConvTranspose2d,
+            conv=ElasticConv2d, conv_t=ElasticConvTranspose2d, make_norm=elastic_instance_norm,
         )
-        for module in self.model.modules():
-            if type(module) is nn.InstanceNorm2d:  # affine=False: nothing to slice, only silence the width check
-                module.__class__ = ElasticInstanceNorm2d
         self.active: ChannelConfig = space.max_config
 
     def configure(self, config: ChannelConfig | str | Sequence[int]) -> ChannelConfig:
