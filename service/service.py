@@ -137,6 +137,11 @@ def _error_kind(text: str | None) -> str | None:
     return ":".join(text.split(":")[:2]).strip()
 
 
+def _no_servable_model(task: str) -> ImageRejected:
+    """Nothing in the task's set can serve now (all ejected, or the first and the fallback failed): 503, not 500."""
+    return ImageRejected(503, "no_servable_model", f"no servable model for {task} right now; retry shortly")
+
+
 class DeadlineExceeded(Exception):
     """The request's deadline passed before inference could start."""
 
@@ -359,7 +364,7 @@ class PocketGAN:
             budget = self._budget(fields.get("latency_budget_ms"), device_class)
             out_fmt = fields.get("output_format") or None
             if out_fmt is not None and out_fmt not in OUTPUT_FORMATS:
-                raise ImageRejected(400, "bad_parameter", f"output_format must be png, jpeg or webp, got {out_fmt[:16]!r}")
+                raise ImageRejected(400, "bad_parameter", f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {out_fmt[:16]!r}")
             mset = self.pool.snapshot(task)  # held for the whole request: a swap does not affect it
             if mset is None:
                 return _error(503, "not_ready", f"no model loaded for {task} yet")
@@ -367,7 +372,7 @@ class PocketGAN:
             w, h = probed.width, probed.height
             decision = self.pool.decide(mset, task, device_class, budget, h, w)
             if decision is None:
-                raise ImageRejected(503, "no_servable_model", f"no servable model for {task} right now; retry shortly")
+                raise _no_servable_model(task)
             # admitted at the chosen artifact's cost; a fallback (rare: a model failed) runs within it
             cost = self._cost(mset.artifacts[decision.artifact_id], w, h)
             self._admit(cost, w, h)
@@ -407,7 +412,7 @@ class PocketGAN:
             self.memory.give(cost)
             self.metrics.admitted_bytes.set(self.memory.used)
         if served is None:
-            return self._reject(ImageRejected(503, "no_servable_model", f"no servable model for {task} right now; retry shortly"))
+            return self._reject(_no_servable_model(task))
         decision, failed = served.decision, served.failed_from
         body, ctype, (th, tw), infer_s = served.result
         self.pool.observe(mset, decision.artifact_id, th, tw, infer_s * 1000.0, probe=decision.probe)
