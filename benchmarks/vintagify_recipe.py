@@ -45,7 +45,8 @@ def reinit(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return net
 
 
-def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed, on_eval=None, eval_every=0) -> None:
+def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed, on_eval=None, eval_every=0,
+          flip=False) -> None:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(student.parameters(), lr=lr, betas=(0.5, 0.999))
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cos"
@@ -57,6 +58,8 @@ def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed, on
         y0, x0 = (int(v) for v in torch.randint(0, load - crop + 1, (2,), generator=g))
         x = src[idx, :, y0:y0 + crop, x0:x0 + crop]
         t = tgt[idx, :, y0:y0 + crop, x0:x0 + crop]
+        if flip and step % 2:  # mirrored crop, mirrored cached teacher output (the teacher is ~flip-equivariant)
+            x, t = x.flip(-1), t.flip(-1)
         s = student(x)
         total = F.l1_loss(s, t)
         if loss == "l1ssim":
@@ -74,7 +77,8 @@ def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed, on
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/data/facades")
+    ap.add_argument("--data", default="../shared/data/facades", help="training photos (a folder or embedded:facades)")
+    ap.add_argument("--test-data", default=None, help="held-out photos (default: --data's test split)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--ratios", type=float, nargs="+", default=[10.0, 30.0])
     ap.add_argument("--variants", nargs="+", default=["pruned-l1ssim-cos"])
@@ -83,6 +87,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-train", type=int, default=160)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flip", action="store_true", help="mirror every other batch (input and cached teacher output)")
     ap.add_argument("--cache", default="/tmp/vintagify_cache.pt")
     ap.add_argument("--eval-every", type=int, default=0, help="also print SSIM every N steps (the convergence curve)")
     args = ap.parse_args()
@@ -90,15 +95,16 @@ def main() -> None:
     teacher, _ = resolve_generator(require_vintagify_teacher())
     cfg = DataConfig(root=args.data, direction="AtoB", targets=False, load_size=144, crop_size=128,
                      max_train=args.max_train)
+    test_cfg = cfg.model_copy(update={"root": args.test_data}) if args.test_data else cfg
     cache = Path(args.cache)
     if cache.is_file():
         c = torch.load(cache, weights_only=True)
     else:
-        train_set, test = ImageSet(cfg, "train"), ImageSet(cfg, "test")
+        train_set, test = ImageSet(cfg, "train"), ImageSet(test_cfg, "test")
         c = {"src": train_set.source, "tgt": outputs(teacher, train_set, 8), "test_src": test.source,
              "test_t": outputs(teacher, test, 8)}
         torch.save(c, cache)
-    test = ImageSet(cfg, "test")
+    test = ImageSet(test_cfg, "test")
     train_set = ImageSet(cfg, "train")
     base = {b.name: b.ssim_to_teacher for b in trivial_baselines(test, train_set, c["test_t"], 8)}
     t_macs = count_macs(teacher, 256)
@@ -121,11 +127,12 @@ def main() -> None:
 
             if args.steps:
                 train(student, c["src"], c["tgt"], steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr,
-                      loss=loss, schedule=schedule, seed=0, on_eval=on_eval, eval_every=args.eval_every)
+                      loss=loss, schedule=schedule, seed=0, on_eval=on_eval, eval_every=args.eval_every,
+                      flip=args.flip)
             with torch.no_grad():
                 m = fidelity(student, test, c["test_t"], 8)
             print(json.dumps({"variant": variant, "ratio": round(t_macs / macs, 1), "widths": str(student.config),
-                              "steps": args.steps, "crop": args.crop, "batch": args.batch, "lr": args.lr,
+                              "steps": args.steps, "crop": args.crop, "flip": args.flip, "train_images": len(c["src"]), "batch": args.batch, "lr": args.lr,
                               "cpu_s": round(cpu_seconds() - c0), "wall_s": round(time.time() - w0),
                               "ssim_t": round(m["ssim_to_teacher"], 4), "psnr_t": round(m["psnr_to_teacher"], 2),
                               "beats_identity": m["ssim_to_teacher"] > base["identity"]}), flush=True)

@@ -15,17 +15,34 @@ from compression_jobs.data import DataConfig, ImageSet, TrainStream, embedded_ro
 EMBEDDED = embedded_root("facades")
 
 
-def test_embedded_subset_matches_its_checksums_and_is_small():
-    lines = (EMBEDDED / "SHA256SUMS").read_text().split("\n")
+@pytest.mark.parametrize(("name", "min_files", "max_bytes"), [("facades", 52, 2_000_000),
+                                                           ("facades-photos", 412, 3_600_000)])
+def test_embedded_subset_matches_its_checksums_and_is_small(name: str, min_files: int, max_bytes: int):
+    root = embedded_root(name)
+    lines = (root / "SHA256SUMS").read_text().split("\n")
     entries = [line.split("  ") for line in lines if line.strip()]
-    assert len(entries) >= 40
+    assert len(entries) >= min_files
+    listed = {rel for _, rel in entries}
+    on_disk = {str(p.relative_to(root)) for p in root.rglob("*.jpg")}
+    assert listed == on_disk  # every shipped image is listed, and every listed one is shipped
     total = 0
     for digest, rel in entries:
-        data = (EMBEDDED / rel).read_bytes()
+        data = (root / rel).read_bytes()
         total += len(data)
         assert hashlib.sha256(data).hexdigest() == digest, rel
-    assert total < 2_000_000
-    assert "CMP Facade Database" in (EMBEDDED / "README.md").read_text()
+    assert total < max_bytes
+    assert "CMP Facade Database" in (root / "README.md").read_text()
+
+
+def test_embedded_photos_are_photo_only_and_share_the_held_out_images():
+    """The demo's photo set reads as unpaired photos without targets; its held-out photos are the
+    same originals as the paired subset's test split (so both describe the same unseen facades)."""
+    cfg = DataConfig(root="embedded:facades-photos", layout="unpaired", direction="AtoB", targets=False,
+                     load_size=144, crop_size=128)
+    train, test = load_samples(cfg, "train"), load_samples(cfg, "test")
+    assert len(train) == 400 and len(test) == 12
+    assert all(s.target is None and s.source.size == (144, 144) for s in train + test)
+    assert [s.name for s in test] == [p.name for p, _ in list_split(DataConfig(root="embedded:facades"), "test")]
 
 
 def test_paired_split_folders_never_overlap_and_direction_swaps_halves():
