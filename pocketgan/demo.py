@@ -1,11 +1,12 @@
 """`pocketgan demo`: the whole flow from a real pretrained teacher, in one command.
 
 local S3 -> compression job from the pretrained vintagify CycleGAN teacher (no teacher training:
-magnitude-pruned students distilled on the embedded facades photos, export, publish)
+magnitude-pruned students distilled on the 400 embedded facades photos, export, publish)
 -> promote the teacher, then roll the students out one at a time (largest first) -> `bentoml serve`
 translates held-out photos over HTTP after each roll-out, so every column of the side-by-side PNG
 (input | teacher | each student, with MACs, served latency and SSIM to the teacher) was really
-served by the service; an impossible budget shows the no-eligible path.
+served by the service; an impossible budget shows the no-eligible path, and the `best-quality`
+policy at two budgets picks two different models.
 
 Everything lives under one work dir; a re-run reuses the S3 server, the completed stages and the
 published artifacts, so only the serving part runs again. This module is the top-level glue, so it
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 CHANNEL = "production"
 IMPOSSIBLE_BUDGET_MS = 1.0  # below anything a generator can do here: shows the no-eligible path
+ROLLOUT_DEVICE_CLASS = "phone-high"  # policy `smallest` (the default): each roll-out shows its newest, smallest model
+QUALITY_DEVICE_CLASS = "desktop"  # the demo gives it the `best-quality` policy: the best model that fits the budget
 
 
 class Translation(BaseModel):
@@ -44,9 +48,12 @@ class Translation(BaseModel):
 
     image: str
     budget_ms: float
+    device_class: str = ROLLOUT_DEVICE_CLASS
+    policy: str = "smallest"
     artifact_id: str
     method: str
     latency_ms: float
+    expected_ms: float | None = None
     budget_met: bool
     no_eligible: bool
     output: Path
@@ -116,6 +123,7 @@ class Service:
 
         env = serve_env(env, workers=1, tasks=(task,), channel=CHANNEL, hardware_tag=None,
                         poll_interval_s=2.0, max_concurrency=None, timeout_s=None)
+        env["POCKETGAN_SERVICE_DEVICE_CLASS_POLICIES"] = json.dumps({QUALITY_DEVICE_CLASS: "best-quality"})
         self._server = ServiceProcess(env, log, port=port)
         self.port, self.url, self.log = self._server.port, self._server.url, log
 
@@ -150,13 +158,13 @@ class Service:
 
 
 def translate(url: str, task: str, img: Image.Image, name: str, budget_ms: float, out: Path,
-              methods: dict[str, str]) -> Translation:
+              methods: dict[str, str], device_class: str = ROLLOUT_DEVICE_CLASS) -> Translation:
     """POST one image to /translate exactly as a mobile client would (multipart form)."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     resp = httpx.post(
         f"{url}/translate",
-        data={"task": task, "device_class": "phone-high", "latency_budget_ms": str(budget_ms), "output_format": "png"},
+        data={"task": task, "device_class": device_class, "latency_budget_ms": str(budget_ms), "output_format": "png"},
         files={"image": (name, buf.getvalue(), "image/png")},
         timeout=120.0,
     )
@@ -166,12 +174,47 @@ def translate(url: str, task: str, img: Image.Image, name: str, budget_ms: float
     out.write_bytes(resp.content)
     h = resp.headers
     aid = h["X-Pocketgan-Artifact"]
+    expected = h.get("X-Pocketgan-Expected-Ms", "none")
     return Translation(
-        image=name, budget_ms=budget_ms, artifact_id=aid, method=methods.get(aid, "?"),
+        image=name, budget_ms=budget_ms, device_class=device_class, policy=h.get("X-Pocketgan-Policy", "?"),
+        artifact_id=aid, method=methods.get(aid, "?"),
         latency_ms=float(h.get("X-Pocketgan-Actual-Ms", "nan")),
+        expected_ms=None if expected == "none" else float(expected),
         budget_met=h.get("X-Pocketgan-Budget-Met") == "true",
         no_eligible=h.get("X-Pocketgan-No-Eligible") == "true", output=out,
     )
+
+
+def quality_budgets(results: list[Translation], teacher_id: str, student_id: str) -> tuple[float, float] | None:
+    """Two budgets for the `best-quality` policy, from the service's own expected latencies: between the
+    student's and the teacher's (the student is the best model that fits) and twice the teacher's (the
+    teacher fits). None when the service gave no expectation or the student is not faster."""
+    def expected(aid: str) -> float | None:
+        xs = [r.expected_ms for r in results if r.artifact_id == aid and r.expected_ms is not None]
+        return max(xs) if xs else None
+
+    t, s = expected(teacher_id), expected(student_id)
+    if t is None or s is None or s >= t:
+        return None
+    return round(math.sqrt(t * s), 1), round(2 * t, 1)
+
+
+def best_quality_picks(url: str, task: str, sample: Sample, results: list[Translation], teacher_id: str,
+                       students: list[str], methods: dict[str, str], out_dir: Path) -> list[Translation]:
+    """The `best-quality` device class asked twice, a tight and a generous budget: two different models."""
+    budgets = quality_budgets(results, teacher_id, students[0]) if students else None
+    if budgets is None:
+        _say("[policy] best-quality needs a served student faster than the teacher: skipped")
+        return []
+    picks = []
+    for budget in budgets:
+        pick = translate(url, task, sample.source, sample.name, budget,
+                         out_dir / f"best-quality-{budget:g}ms" / f"{Path(sample.name).stem}.png", methods,
+                         device_class=QUALITY_DEVICE_CLASS)
+        _say(f"[policy] {QUALITY_DEVICE_CLASS} ({pick.policy}), budget {budget:g} ms -> {pick.artifact_id} "
+             f"({pick.method}{', best that fits' if pick.budget_met else ', none fits'})")
+        picks.append(pick)
+    return picks
 
 
 def wait_for_set(url: str, task: str, ids: list[str], timeout_s: float = 300.0) -> None:
@@ -234,8 +277,9 @@ def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[
     training) into students with 10x and 30x fewer MACs, publishes the teacher and the students that
     beat the trivial baselines, starts the service and rolls the models out one at a time (teacher,
     then the largest student, then the next), translating held-out photos after each roll-out; then
-    an impossible budget. Writes input | teacher | each served student side by side with MACs, served
-    latency and SSIM to the teacher. The S3 server keeps running afterwards (the printed `export`
+    an impossible budget, and the `best-quality` policy (device class `desktop`) at a tight and a
+    generous budget, which select a student and the teacher. Writes input | teacher | each served
+    student side by side with MACs, served latency and SSIM to the teacher. The S3 server keeps running afterwards (the printed `export`
     lines reach it; `pocketgan s3 down --dir WORKDIR/s3` stops it).
     """
     from compression_jobs.compress_cli import parse_overrides
@@ -289,12 +333,15 @@ def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[
         _say(f"[translate] impossible budget {IMPOSSIBLE_BUDGET_MS:g} ms")
         results += [translate(svc.url, task, s.source, s.name, IMPOSSIBLE_BUDGET_MS,
                               out_dir / "budget-1ms" / f"{Path(s.name).stem}.png", methods) for s in samples]
+        picks = best_quality_picks(svc.url, task, samples[0], results, teacher_id, students, methods, out_dir)
+        results += picks
         _report(results, manifests)
         rows, headers, stats = _grid(samples, results, columns, teacher_id, manifests, budget_ms)
         sheet = side_by_side(rows, headers, out_dir / "side_by_side.png")
         summary = out_dir / "summary.json"
         summary.write_text(json.dumps({"task": task, "teacher": str(teacher), "promoted": ids, "methods": methods,
                                        "columns": stats,
+                                       "best_quality": [p.model_dump(mode="json") for p in picks],
                                        "translations": [r.model_dump(mode="json") for r in results]}, indent=2))
         click.echo(f"\noutputs:        {out_dir}")
         click.echo(f"side by side:   {sheet}")
@@ -315,13 +362,14 @@ def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[
 
 
 def _report(results: list[Translation], manifests: dict) -> None:
-    click.echo(f"\n{'budget ms':>9}  {'image':<14} {'artifact':<17} {'method':<16} {'GMACs@256':>9} "
-               f"{'latency ms':>10}  budget")
+    click.echo(f"\n{'budget ms':>9}  {'device class (policy)':<24} {'image':<14} {'artifact':<17} {'method':<16} "
+               f"{'GMACs@256':>9} {'latency ms':>10}  budget")
     for r in results:
         macs = manifests[r.artifact_id].architecture.macs
         gm = f"{macs / 1e9:.2f}" if macs else "?"
         verdict = "met" if r.budget_met else ("missed (none eligible: fastest served)" if r.no_eligible else "missed")
-        click.echo(f"{r.budget_ms:>9g}  {r.image[:14]:<14} {r.artifact_id:<17} {r.method:<16} {gm:>9} "
+        who = f"{r.device_class} ({r.policy})"
+        click.echo(f"{r.budget_ms:>9g}  {who:<24} {r.image[:14]:<14} {r.artifact_id:<17} {r.method:<16} {gm:>9} "
                    f"{r.latency_ms:>10.1f}  {verdict}")
 
 
@@ -341,7 +389,8 @@ def _ssim(a: Image.Image, b: Image.Image) -> float:
 def _grid(samples: list[Sample], results: list[Translation], columns: list[str], teacher_id: str,
           manifests: dict, budget_ms: float) -> tuple[list[list[Image.Image]], list[str], list[dict]]:
     """Rows of input | each served model (teacher first); headers with MACs, served latency, SSIM to the teacher."""
-    served = {(r.image, r.artifact_id): r for r in results if r.budget_ms == budget_ms}
+    served = {(r.image, r.artifact_id): r for r in results
+              if r.budget_ms == budget_ms and r.device_class == ROLLOUT_DEVICE_CLASS}
     t_macs = manifests[teacher_id].architecture.macs
     rows = [[s.source] + [Image.open(served[(s.name, aid)].output) for aid in columns] for s in samples]
     headers, stats = ["input (held-out photo)"], []

@@ -53,6 +53,11 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         for t in summary["translations"]:
             out = Image.open(t["output"])
             assert out.mode == "RGB" and out.size[0] == out.size[1] >= 64
+        # the best-quality device class: a tight budget picks the best student that fits, a generous one the teacher
+        picks = summary["best_quality"]
+        assert [p["policy"] for p in picks] == ["best-quality", "best-quality"] and all(p["budget_met"] for p in picks)
+        assert picks[0]["budget_ms"] < picks[1]["budget_ms"]
+        assert methods[picks[0]["artifact_id"]] == "coevolution" and picks[1]["artifact_id"] == cols[0]["artifact_id"]
         impossible = [t for t in summary["translations"] if t["budget_ms"] == 1.0]
         assert len(impossible) == 2 and all(t["no_eligible"] and not t["budget_met"] for t in impossible)
         sheet = Image.open(work / "outputs" / "side_by_side.png")

@@ -82,8 +82,9 @@ def teacher_target_set(teacher: nn.Module, train: ImageSet, batch_size: int = 8,
     every training crop comes with the teacher's output for that crop without a teacher forward pass."""
     dev = torch.device(device)
     teacher.eval().to(dev)
+    starts = range(0, len(train), batch_size)
     outs = torch.cat([teacher(train.source[i : i + batch_size].to(dev)).cpu()
-                      for i in range(0, len(train), batch_size)])
+                      for i in progress(starts, len(starts), f"teacher outputs ({len(train)} images, cached once)")])
     teacher.cpu()
     out = copy.copy(train)
     out.target, out.paired = outs, True
