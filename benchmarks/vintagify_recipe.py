@@ -9,6 +9,10 @@ initialised vs. a MobileResNet), loss (L1 vs L1 + (1-SSIM)), lr schedule, crop s
     PYTHONPATH=. python benchmarks/vintagify_recipe.py --steps 300 --ratios 10 30 --variants pruned-l1ssim-cos scratch-l1ssim-cos
 
 Prints one line per run: variant, MACs ratio, steps, CPU seconds, SSIM/PSNR to the teacher.
+The curve (MACs ratio vs SSIM to the teacher, with the baselines) from the printed lines of one or
+more runs:
+
+    python benchmarks/vintagify_recipe.py --plot docs/recipe_curve.png run1.jsonl run2.jsonl
 """
 
 from __future__ import annotations
@@ -75,8 +79,49 @@ def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed, on
     student.eval()
 
 
+def plot_curve(logs: list[Path], out: Path) -> None:
+    """SSIM to the teacher against the MACs reduction, one point per finished run, baselines as lines."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    runs, baselines = [], {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            if "baselines" in row:
+                baselines = row["baselines"]
+            elif "widths" in row:
+                runs.append(row)
+    if not runs:
+        raise SystemExit(f"no finished runs in {', '.join(map(str, logs))}")
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    runs.sort(key=lambda r: r["ratio"])
+    ax.plot([r["ratio"] for r in runs], [r["ssim_t"] for r in runs], "o-", color="tab:blue",
+            label="student (pruned teacher, distilled)")
+    for r in runs:
+        ax.annotate(f"{r['ssim_t']:.3f} ({r['steps']} steps)", (r["ratio"], r["ssim_t"]),
+                    textcoords="offset points", xytext=(6, -12), fontsize=8)
+    styles = {"identity": ("tab:red", "--"), "mean-image": ("tab:gray", ":")}
+    for name, value in baselines.items():
+        color, ls = styles.get(name, ("black", "-."))
+        ax.axhline(value, color=color, ls=ls, label=f"baseline: {name} ({value:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs reduction vs the teacher (x, log scale)")
+    ax.set_ylabel("SSIM to the teacher (held-out photos, 128 px)")
+    ax.set_title("vintagify teacher -> students on a CPU budget")
+    ax.set_ylim(min(0.7, min(r["ssim_t"] for r in runs) - 0.02), 1.0)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--plot", type=Path, default=None, help="only draw the curve from the given logs into this PNG")
+    ap.add_argument("logs", nargs="*", type=Path, help="JSON-lines output of earlier runs (with --plot)")
     ap.add_argument("--data", default="../shared/data/facades", help="training photos (a folder or embedded:facades)")
     ap.add_argument("--test-data", default=None, help="held-out photos (default: --data's test split)")
     ap.add_argument("--steps", type=int, default=300)
@@ -91,6 +136,9 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/vintagify_cache.pt")
     ap.add_argument("--eval-every", type=int, default=0, help="also print SSIM every N steps (the convergence curve)")
     args = ap.parse_args()
+    if args.plot is not None:
+        plot_curve(args.logs, args.plot)
+        return
     torch.set_num_threads(args.threads)
     teacher, _ = resolve_generator(require_vintagify_teacher())
     cfg = DataConfig(root=args.data, direction="AtoB", targets=False, load_size=144, crop_size=128,
