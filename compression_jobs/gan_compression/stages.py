@@ -48,6 +48,13 @@ def _new_supernet(job: JobConfig) -> SuperMobileResnetGenerator:
                           input_nc=job.data.input_nc, output_nc=job.data.output_nc, **kw)
 
 
+def _trained_supernet(ctx: Context, stage: str) -> SuperMobileResnetGenerator:
+    """The supernet as `stage` (distill or train-supernet) left it."""
+    sn = _new_supernet(ctx.job)
+    sn.load_state_dict(load_state(ctx.require(stage) / SUPERNET_FILE))
+    return sn
+
+
 def _save_parts(parts: DistillParts, out: Path, student_name: str) -> None:
     save_state(parts.student, out / student_name)
     save_state(parts.discriminator, out / "net_D.pth")
@@ -74,8 +81,7 @@ def stage_train_supernet(ctx: Context, out: Path) -> dict:
     job = ctx.job
     teacher = run_teacher(ctx)
     train = ImageSet(job.data, "train")
-    sn = _new_supernet(job)
-    sn.load_state_dict(load_state(ctx.require("distill") / SUPERNET_FILE))
+    sn = _trained_supernet(ctx, "distill")
     parts = distill_parts(ctx, sn, teacher, train, "distill")
     log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.supernet.steps,
                         lr=job.supernet.lr, batch_size=job.distill.batch_size, seed=job.seed + 1,
@@ -134,8 +140,7 @@ def _measure(ctx: Context, model: torch.nn.Module, folder: Path) -> float:
 def stage_search(ctx: Context, out: Path) -> dict:
     job, s = ctx.job, ctx.job.search
     test, teacher_out, teacher = held_out(ctx)
-    sn = _new_supernet(job)
-    sn.load_state_dict(load_state(ctx.require("train-supernet") / SUPERNET_FILE))
+    sn = _trained_supernet(ctx, "train-supernet")
     sn.eval()
     teacher_macs = macs_at(teacher, MACS_RESOLUTION)
     budget_macs = macs_budget(job, teacher_macs)
@@ -161,8 +166,7 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
     job = ctx.job
     teacher = run_teacher(ctx)
     train = ImageSet(job.data, "train")
-    sn = _new_supernet(job)
-    sn.load_state_dict(load_state(ctx.require("train-supernet") / SUPERNET_FILE))
+    sn = _trained_supernet(ctx, "train-supernet")
     results = {}
     for i, cfg in enumerate(_chosen(ctx)):
         seed_everything(job.seed * 100 + 50 + i, job.deterministic)
