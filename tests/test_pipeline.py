@@ -85,6 +85,24 @@ def test_tiny_end_to_end_publishes_teacher_and_pareto_students(full_run, module_
     assert not any(p["created"] for p in again["published"])
 
 
+def test_every_method_plugs_in_the_same_way_and_an_unknown_one_is_named():
+    """Each method is `METHOD` in its package's stages.py, loaded by name; its stages get registered."""
+    from compression_jobs.pipeline import METHOD_MODULES, get_method
+
+    assert list(METHOD_MODULES) == ["gan-compression", "omgd", "coevolution"]
+    seen: set[str] = set()
+    for name, module in METHOD_MODULES.items():
+        method = get_method(name)
+        assert method.name == name and module == f"compression_jobs.{name.replace('-', '_')}.stages"
+        assert stages_for(name) == ("train-teacher", *method.stages, "export", "publish")
+        assert set(method.stage_funcs) == set(method.stages) and not seen & set(method.stages)
+        seen |= set(method.stages)
+        for stage, fn in method.stage_funcs.items():
+            assert fn.__module__ == module and STAGE_FUNCS[stage] is fn
+    with pytest.raises(ValueError, match="unknown method 'nope'; methods: gan-compression, omgd, coevolution$"):
+        get_method("nope")
+
+
 def test_interrupted_run_resumes_to_the_same_result(full_run, tiny_job, tmp_path, monkeypatch):
     run_dir = tmp_path / "interrupted"
     ctx = Context(tiny_job, run_dir)
