@@ -2,8 +2,9 @@
 
 Every method runs ``train-teacher`` first and ``export``, ``publish`` last (shared: teacher,
 data, held-out evaluation, ONNX export + parity + profile, publishing); the stages in between
-come from the method named by ``job.method`` (a :class:`Method`, see compression_jobs/METHODS.md).
-GAN Compression (built in): distill → train-supernet → search → finetune.
+come from the method named by ``job.method``: a :class:`Method` in the module
+``METHOD_MODULES`` names (``gan_compression/stages.py``, ``omgd/stages.py``,
+``coevolution/stages.py``; see compression_jobs/METHODS.md).
 
 Each stage reads earlier stages' outputs from the run directory, writes its own outputs into a
 temporary folder that is renamed to ``RUN_DIR/<stage>/`` only when the stage succeeds, and is
@@ -29,20 +30,17 @@ import torch
 import yaml
 
 from compression_jobs.data import ImageSet
-from compression_jobs.gan_compression.common import counter_bar, load_state, progress, save_state, seed_everything
+from compression_jobs.gan_compression.common import load_state, progress, save_state, seed_everything
 from compression_jobs.gan_compression.config import JobConfig
-from compression_jobs.gan_compression.distill import DistillParts, make_mapper, supernet_sampler, train_distill
+from compression_jobs.gan_compression.distill import DistillParts, make_mapper
 from compression_jobs.gan_compression.evaluate import fid_kid, fidelity, outputs
-from compression_jobs.gan_compression.search import LatencyModel, LatencyPredictor, evolutionary_search, macs_at
 from compression_jobs.models.mobile import ChannelConfig, MobileResnetGenerator
-from compression_jobs.models.supernet import SuperMobileResnetGenerator, supernet as build_supernet
 from compression_jobs.teacher import D_NAME, G_NAME, build_discriminator, load_teacher, train_teacher
 
 SHARED_HEAD: tuple[str, ...] = ("train-teacher",)
 SHARED_TAIL: tuple[str, ...] = ("export", "publish")
-GAN_COMPRESSION_STAGES: tuple[str, ...] = ("distill", "train-supernet", "search", "finetune")
-STAGES: tuple[str, ...] = SHARED_HEAD + GAN_COMPRESSION_STAGES + SHARED_TAIL
-"""GAN Compression's full stage list (the default method); other methods: :func:`stages_for`."""
+DEFAULT_METHOD: str = JobConfig.model_fields["method"].default
+"""A config's `method:` when it names none (gan-compression), and a run's when its state.json predates the field."""
 STATE_FILE = "state.json"
 
 
@@ -90,7 +88,7 @@ def completed_stages(run_dir: Path) -> list[str]:
     state = read_state(run_dir)
     done = state.get("completed", {})
     try:
-        order = stages_for(state.get("method", "gan-compression"))
+        order = stages_for(state.get("method", DEFAULT_METHOD))
     except MethodUnavailable:
         order = tuple(done)
     return [s for s in order if s in done]
@@ -141,12 +139,6 @@ def run_teacher(ctx: Context) -> torch.nn.Module:
     return load_state_dict_strict(net, load_state(d / G_NAME), source=str(d / G_NAME)).eval()
 
 
-def _new_supernet(job: JobConfig) -> SuperMobileResnetGenerator:
-    kw = {"multipliers": job.student.channel_choices} if job.student.channel_choices else {}
-    return build_supernet(ngf=job.student.ngf, n_blocks=job.student.n_blocks,
-                          input_nc=job.data.input_nc, output_nc=job.data.output_nc, **kw)
-
-
 def new_discriminator(job: JobConfig, paired: bool) -> torch.nn.Module:
     nc = job.data.input_nc + job.data.output_nc if paired else job.data.output_nc
     return build_discriminator(job.teacher, nc)
@@ -173,13 +165,6 @@ def distill_parts(ctx: Context, student: torch.nn.Module, teacher: torch.nn.Modu
         if d_path.is_file():
             D.load_state_dict(load_state(d_path))
     return DistillParts(student, mapper, D, t_layers, s_layers)
-
-
-def _save_parts(parts: DistillParts, out: Path, student_name: str) -> None:
-    save_state(parts.student, out / student_name)
-    save_state(parts.discriminator, out / "net_D.pth")
-    if parts.mapper is not None:
-        save_state(parts.mapper, out / "mapper.pth")
 
 
 def held_out(ctx: Context) -> tuple[ImageSet, torch.Tensor, torch.nn.Module]:
@@ -225,44 +210,8 @@ def stage_train_teacher(ctx: Context, out: Path) -> dict:
     return info
 
 
-def stage_distill(ctx: Context, out: Path) -> dict:
-    job = ctx.job
-    teacher = run_teacher(ctx)
-    train = ImageSet(job.data, "train")
-    sn = _new_supernet(job)
-    parts = distill_parts(ctx, sn, teacher, train, None)
-    largest = sn.space.largest()
-    log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.distill.steps,
-                        lr=job.distill.lr, batch_size=job.distill.batch_size, seed=job.seed,
-                        conditional_d=train.paired, sample_config=lambda _k: largest, desc="distill (largest student)",
-                        device=job.device, mixed_precision=job.mixed_precision)
-    _save_parts(parts, out, "supernet.pth")
-    return {"losses": log, "max_config": str(largest)}
-
-
-def stage_train_supernet(ctx: Context, out: Path) -> dict:
-    job = ctx.job
-    teacher = run_teacher(ctx)
-    train = ImageSet(job.data, "train")
-    sn = _new_supernet(job)
-    sn.load_state_dict(load_state(ctx.require("distill") / "supernet.pth"))
-    parts = distill_parts(ctx, sn, teacher, train, "distill")
-    log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.supernet.steps,
-                        lr=job.supernet.lr, batch_size=job.distill.batch_size, seed=job.seed + 1,
-                        conditional_d=train.paired,
-                        sample_config=supernet_sampler(sn.space, job.seed, job.supernet.sandwich),
-                        desc="train-supernet (once-for-all)", device=job.device,
-                        mixed_precision=job.mixed_precision)
-    _save_parts(parts, out, "supernet.pth")
-    return {"losses": log, "space_size": sn.space.size}
-
-
 MACS_RESOLUTION = 256
 """Budgets and search MACs are per image at 256x256, the manifests' reference resolution."""
-
-
-def _teacher_macs(ctx: Context, teacher: torch.nn.Module) -> int:
-    return macs_at(teacher, MACS_RESOLUTION)
 
 
 def macs_budget(job: JobConfig, teacher_macs: int) -> int | None:
@@ -273,99 +222,9 @@ def macs_budget(job: JobConfig, teacher_macs: int) -> int | None:
     return int(s.macs_budget_ratio * teacher_macs) if s.macs_budget_ratio is not None else None
 
 
-def _provider(job: JobConfig) -> str | None:
+def profile_provider(job: JobConfig) -> str | None:
     """Profile on CPU for CPU jobs; otherwise let the runtime pick (CUDA when it really works)."""
     return "CPUExecutionProvider" if job.device == "cpu" else None
-
-
-def _fit_latency(ctx: Context, sn: SuperMobileResnetGenerator, out: Path) -> LatencyPredictor:
-    """The tag's op latency table from the registry when it has one (any device), else, for this
-    machine only, a few configs measured here and a fit of ms ≈ a + b·MACs."""
-    from compression_jobs.hardware import resolve_hardware_tag
-    from compression_jobs.latency_table import TableLatencyModel, fetch_table
-
-    s = ctx.job.search
-    here = resolve_hardware_tag(None, _provider(ctx.job))
-    tag = resolve_hardware_tag(s.hardware_tag) if s.hardware_tag else here
-    table = fetch_table(ctx.registry, tag, required=tag != here)
-    if table is not None:
-        return TableLatencyModel.for_space(table, sn.space, sn.n_blocks, resolution=ctx.job.export.resolution,
-                                           input_nc=sn.input_nc, output_nc=sn.output_nc,
-                                           fast_graph=ctx.job.export.fast_graph)
-    space = sn.space
-    rng = __import__("random").Random(ctx.job.seed)
-    configs = [space.smallest(), space.largest()]
-    while len(configs) < min(s.latency_points, space.size):
-        c = space.sample(rng)
-        if c not in configs:
-            configs.append(c)
-    points = []
-    for cfg in progress(configs, len(configs), "latency points"):
-        student = sn.extract(cfg).eval()
-        ms = _measure(ctx, student, out / "latency" / str(cfg))
-        points.append((macs_at(student, MACS_RESOLUTION), ms))
-    return LatencyModel.fit(points, tag)
-
-
-def _measure(ctx: Context, model: torch.nn.Module, folder: Path) -> float:
-    """p50 latency (ms) of the exported ONNX graph at the export resolution on this machine."""
-    from compression_jobs.export import export_onnx
-    from compression_jobs.profiling import profile_model
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.onnx"
-    export_onnx(model, path, resolution=ctx.job.export.resolution, opset=ctx.job.export.opset,
-                fast_graph=ctx.job.export.fast_graph)
-    r = ctx.job.export.resolution
-    prof = profile_model(path, resolutions=[(r, r)], runs=ctx.job.export.profile_runs,
-                         threads=ctx.job.export.profile_threads, provider=_provider(ctx.job), progress=False)
-    return float(prof.nearest(r, r).p50_ms)
-
-
-def stage_search(ctx: Context, out: Path) -> dict:
-    job, s = ctx.job, ctx.job.search
-    test, teacher_out, teacher = held_out(ctx)
-    sn = _new_supernet(job)
-    sn.load_state_dict(load_state(ctx.require("train-supernet") / "supernet.pth"))
-    sn.eval()
-    teacher_macs = _teacher_macs(ctx, teacher)
-    budget_macs = macs_budget(job, teacher_macs)
-    latency = _fit_latency(ctx, sn, out) if s.latency_budget_ms is not None else None
-    with counter_bar("search (sub-networks scored)") as bar:
-        result = evolutionary_search(
-            sn, test, teacher_out, s, resolution=MACS_RESOLUTION, budget_macs=budget_macs, latency=latency,
-            seed=job.seed, batch_size=job.eval_batch_size, progress_cb=bar.update, device=job.device,
-        )
-    data = result.to_json()
-    data["teacher_macs"] = teacher_macs
-    data["macs_resolution"] = MACS_RESOLUTION
-    (out / "search.json").write_text(json.dumps(data, indent=2))
-    return {"chosen": result.chosen, "pareto": result.pareto, "budget_macs": budget_macs,
-            "budget_latency_ms": s.latency_budget_ms, "evaluated": len(result.evaluated)}
-
-
-def _chosen(ctx: Context) -> list[str]:
-    return json.loads((ctx.require("search") / "search.json").read_text())["chosen"]
-
-
-def stage_finetune(ctx: Context, out: Path) -> dict:
-    job = ctx.job
-    teacher = run_teacher(ctx)
-    train = ImageSet(job.data, "train")
-    sn = _new_supernet(job)
-    sn.load_state_dict(load_state(ctx.require("train-supernet") / "supernet.pth"))
-    results = {}
-    for i, cfg in enumerate(_chosen(ctx)):
-        seed_everything(job.seed * 100 + 50 + i, job.deterministic)
-        student = sn.extract(cfg)
-        parts = distill_parts(ctx, student, teacher, train, "train-supernet", widths_from=sn)
-        log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.finetune.steps,
-                            lr=job.finetune.lr, batch_size=job.distill.batch_size, seed=job.seed + 2 + i,
-                            conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device,
-                            mixed_precision=job.mixed_precision)
-        save_state(student, out / cfg / "net_G.pth")
-        results[cfg] = log
-    return {"finetuned": list(results), "losses": results}
 
 
 def new_student(job: JobConfig, config: ChannelConfig | str) -> MobileResnetGenerator:
@@ -426,7 +285,7 @@ def add_profile(job: JobConfig, folder: Path, manifest):  # noqa: ANN201 - regis
 
     r = job.export.resolution
     prof = profile_model(folder / manifest.model_file, resolutions=[(r, r)], runs=job.export.profile_runs,
-                         threads=job.export.profile_threads, provider=_provider(job), progress=False)
+                         threads=job.export.profile_threads, provider=profile_provider(job), progress=False)
     manifest = manifest.with_profile(prof)
     write_manifest(folder, manifest)
     return manifest
@@ -571,14 +430,11 @@ StageFn = Callable[[Context, Path], dict]
 
 STAGE_FUNCS: dict[str, StageFn] = {
     "train-teacher": stage_train_teacher,
-    "distill": stage_distill,
-    "train-supernet": stage_train_supernet,
-    "search": stage_search,
-    "finetune": stage_finetune,
     "export": stage_export,
     "publish": stage_publish,
 }
-"""Every known stage by name (methods' stages are added when the method is first loaded)."""
+"""Every known stage by name: the shared ones here, a method's added when it is first loaded
+(:func:`get_method`); `run_stage` looks stages up here, so a test patches this dict."""
 
 
 # ----------------------------------------------------------------------------- methods
@@ -608,36 +464,8 @@ class MethodUnavailable(RuntimeError):
     """The config names a method whose code is not (yet) in this installation."""
 
 
-def _gan_compression_students(ctx: Context) -> list[Student]:
-    ft = ctx.require("finetune")
-    return [Student(cfg, lambda cfg=cfg: load_student(ctx.job, cfg, ft / cfg / "net_G.pth"), {"channel_config": cfg})
-            for cfg in _chosen(ctx)]
-
-
-def _gan_compression_summary(run_dir: Path) -> list[str]:
-    search = run_dir / "search" / "search.json"
-    if "search" not in read_state(run_dir).get("completed", {}) or not search.is_file():
-        return []
-    data = json.loads(search.read_text())
-    by = {c["config"]: c for c in data["evaluated"]}
-    lines = [f"Pareto front ({len(data['evaluated'])} sub-networks scored; * = chosen):"]
-    for cfg in data["pareto"]:
-        c = by[cfg]
-        lat = f"{c['predicted_latency_ms']:.2f} ms" if c.get("predicted_latency_ms") is not None else "-"
-        lines.append(f"  {'*' if cfg in data['chosen'] else ' '} {cfg:32s} {c['macs'] / 1e9:8.3f} GMACs  "
-                     f"SSIM {c['ssim_to_teacher']:.3f}  PSNR {c['psnr_to_teacher']:.2f}  {lat}")
-    return lines
-
-
-GAN_COMPRESSION = Method(
-    name="gan-compression",
-    stages=GAN_COMPRESSION_STAGES,
-    stage_funcs={s: STAGE_FUNCS[s] for s in GAN_COMPRESSION_STAGES},
-    students=_gan_compression_students,
-    summary=_gan_compression_summary,
-)
-
 METHOD_MODULES: dict[str, str] = {
+    "gan-compression": "compression_jobs.gan_compression.stages",
     "omgd": "compression_jobs.omgd.stages",
     "coevolution": "compression_jobs.coevolution.stages",
 }
@@ -645,12 +473,12 @@ METHOD_MODULES: dict[str, str] = {
 
 
 def get_method(name: str) -> Method:
-    """The method object for a config's `method:`; registers its stage functions in STAGE_FUNCS."""
-    if name == GAN_COMPRESSION.name:
-        return GAN_COMPRESSION
+    """The method object for a config's `method:`; registers its stage functions in STAGE_FUNCS.
+
+    Imported by name, not at module level: a method's stages import this module."""
     module_name = METHOD_MODULES.get(name)
     if module_name is None:
-        raise ValueError(f"unknown method {name!r}; methods: {', '.join(['gan-compression', *METHOD_MODULES])}")
+        raise ValueError(f"unknown method {name!r}; methods: {', '.join(METHOD_MODULES)}")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from compression_jobs.gan_compression.common import load_state
 from compression_jobs.gan_compression.config import load_config
-from compression_jobs.pipeline import STAGE_FUNCS, STAGES, Context, StageFailed, completed_stages, run_pipeline
+from compression_jobs.pipeline import STAGE_FUNCS, Context, StageFailed, completed_stages, run_pipeline, stages_for
 from _unpaired_data import make_unpaired_data
 
 pytestmark = pytest.mark.timeout(900)
@@ -47,7 +47,7 @@ def _final_weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 def test_tiny_end_to_end_publishes_teacher_and_pareto_students(full_run, module_registry, tmp_path):
     ctx = full_run
-    assert completed_stages(ctx.run_dir) == list(STAGES)
+    assert completed_stages(ctx.run_dir) == list(stages_for("gan-compression"))
     search = json.loads((ctx.run_dir / "search" / "search.json").read_text())
     budget = search["budget_macs"]
     assert budget and search["chosen"] and set(search["chosen"]) <= set(search["pareto"])
@@ -85,10 +85,29 @@ def test_tiny_end_to_end_publishes_teacher_and_pareto_students(full_run, module_
     assert not any(p["created"] for p in again["published"])
 
 
+def test_every_method_plugs_in_the_same_way_and_an_unknown_one_is_named():
+    """Each method is `METHOD` in its package's stages.py, loaded by name; its stages get registered."""
+    from compression_jobs.pipeline import METHOD_MODULES, get_method
+
+    assert list(METHOD_MODULES) == ["gan-compression", "omgd", "coevolution"]
+    seen: set[str] = set()
+    for name, module in METHOD_MODULES.items():
+        method = get_method(name)
+        assert method.name == name and module == f"compression_jobs.{name.replace('-', '_')}.stages"
+        assert stages_for(name) == ("train-teacher", *method.stages, "export", "publish")
+        assert set(method.stage_funcs) == set(method.stages) and not seen & set(method.stages)
+        seen |= set(method.stages)
+        for stage, fn in method.stage_funcs.items():
+            assert fn.__module__ == module and STAGE_FUNCS[stage] is fn
+    with pytest.raises(ValueError, match="unknown method 'nope'; methods: gan-compression, omgd, coevolution$"):
+        get_method("nope")
+
+
 def test_interrupted_run_resumes_to_the_same_result(full_run, tiny_job, tmp_path, monkeypatch):
     run_dir = tmp_path / "interrupted"
     ctx = Context(tiny_job, run_dir)
-    stages = tuple(s for s in STAGES if s not in ("export", "publish"))
+    # stages_for loads the method, which registers its stages in STAGE_FUNCS (where run_stage looks them up)
+    stages = tuple(s for s in stages_for("gan-compression") if s not in ("export", "publish"))
     original = STAGE_FUNCS["train-supernet"]
 
     def boom(c, out):
@@ -156,7 +175,7 @@ def test_given_teacher_checkpoint_is_adopted_and_bad_one_rejected(tiny_job, tmp_
 
 def test_latency_budget_search_fits_a_measured_latency_model(full_run, tmp_path):
     from compression_jobs.hardware import resolve_hardware_tag
-    from compression_jobs.pipeline import stage_search
+    from compression_jobs.gan_compression.stages import stage_search
 
     over = {"search.macs_budget_ratio": None, "search.latency_budget_ms": 1e6, "search.latency_points": 3,
             "export.profile_runs": 3}
