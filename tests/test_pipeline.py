@@ -196,9 +196,15 @@ def test_latency_budget_search_fits_a_measured_latency_model(full_run, tmp_path)
     preds = sorted(c["predicted_latency_ms"] for c in s["evaluated"])
     if preds[0] < preds[-1]:  # a tighter budget between the smallest and largest predictions
         budget = (preds[0] + preds[-1]) / 2
-        s2 = search({"search.latency_budget_ms": budget}, "tight")
-        by = {c["config"]: c for c in s2["evaluated"]}
-        assert s2["chosen"] and all(by[c]["predicted_latency_ms"] <= budget for c in s2["chosen"])
+        try:
+            s2 = search({"search.latency_budget_ms": budget}, "tight")
+        except ValueError as exc:
+            # the second search measures its latency points again: on a loaded machine even the smallest
+            # sub-network can then be predicted over the budget, and the search must say so, not pick one
+            assert "below the smallest sub-network" in str(exc)
+        else:
+            by = {c["config"]: c for c in s2["evaluated"]}
+            assert s2["chosen"] and all(by[c]["predicted_latency_ms"] <= budget for c in s2["chosen"])
     with pytest.raises(ValueError, match="arm64-android"):
         search({"search.hardware_tag": "arm64-android"}, "other")
 
