@@ -121,8 +121,30 @@ def _parity(model: nn.Module, path: Path, shapes: list[tuple[int, int, int, int]
     return diffs
 
 
+def strip_debug_info(proto: onnx.ModelProto) -> None:
+    """Drop what the exporter records per node and per value for debugging (a Python stack trace with
+    absolute source paths of the exporting machine, module names, FX node names): an artifact ships
+    nothing of the machine that built it, and the same weights export to the same bytes (the same
+    artifact id) from any checkout. Model-level metadata (ours) is kept."""
+    graphs = [proto.graph]
+    while graphs:
+        g = graphs.pop()
+        for node in g.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [sg for a in node.attribute for sg in a.graphs]
+        for value in [*g.input, *g.output, *g.value_info, *g.initializer]:
+            del value.metadata_props[:]
+        g.doc_string = ""
+    for fn in proto.functions:
+        for node in fn.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+
+
 def _add_metadata(path: Path, metadata: dict[str, str]) -> int:
     proto = onnx.load(str(path))
+    strip_debug_info(proto)
     existing = {p.key: p for p in proto.metadata_props}
     for key, value in metadata.items():
         if key in existing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -121,3 +122,21 @@ def test_export_cli_teacher_and_student(tmp_path):
     wrong = subprocess.run(base[:5] + ["8_8_16_8_16_16_8_16"] + base[6:] + ["--method", "x", "--out", str(tmp_path / "w")],
                            capture_output=True, text=True)
     assert wrong.returncode == 2 and "shape mismatches" in wrong.stderr
+
+
+def test_exported_graph_carries_no_build_machine_paths_and_is_reproducible(tmp_path):
+    """The exporter records a stack trace with absolute source paths on every node; artifacts must not
+    ship it, and the same weights must give the same bytes (the artifact id) wherever they are exported."""
+    torch.manual_seed(0)
+    model = mobile_resnet_generator("8_16_16_16_16_16_16_8").eval()
+    a, b = tmp_path / "a" / "model.onnx", tmp_path / "elsewhere" / "deeper" / "model.onnx"
+    for path in (a, b):
+        path.parent.mkdir(parents=True)
+        export_onnx(model, path, resolution=32)
+    data = a.read_bytes()
+    assert data == b.read_bytes()
+    proto = onnx.load(str(a))
+    assert all(len(n.metadata_props) == 0 and not n.doc_string for n in proto.graph.node)
+    repo = str(Path(__file__).resolve().parents[1]).encode()
+    assert repo not in data and b"site-packages" not in data and b"stack_trace" not in data
+    assert {p.key for p in proto.metadata_props} >= {META_SIZE_MULTIPLE}  # our own metadata stays
