@@ -161,6 +161,33 @@ def group_cpu_s(root: int) -> float:
     return total / tick
 
 
+def sessions_of(root: int) -> int:
+    """Distinct sessions (Linux scheduler autogroups) among a process's descendants that run requests.
+
+    BentoML starts each worker in its own session; with `kernel.sched_autogroup_enabled` = 1 the
+    kernel shares a contended CPU between sessions first, so N workers get N shares against other
+    jobs where this benchmark's raw modes get one: multi-worker wall-clock ratios on a shared
+    machine are inflated by that, CPU per image is not."""
+    sids: dict[int, tuple[int, int]] = {}  # pid -> (ppid, sid)
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            sids[int(d)] = (int(fields[1]), int(fields[3]))
+    workers = [pid for pid, (ppid, _) in sids.items() if ppid == root]
+    return len({sids[p][1] for p in workers}) or 1
+
+
+def autogroups_enabled() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def merge(parts: list[Level]) -> Level:
     """Pool rounds: all latencies, throughput = requests / summed wall time, failures summed."""
     lat = [x for p in parts for x in p[0]]
@@ -396,6 +423,7 @@ def main() -> None:
         for k in layouts:
             for _ in range(5):
                 fns[f"http_{k}"]()
+        groups = {k: sessions_of(p.proc.pid) for k, p in servers.items()}
         idle_s = 6.0  # the servers' own CPU with no requests (registry polling, BentoML): subtracted per level
         idle0 = {k: group_cpu_s(p.proc.pid) for k, p in servers.items()}
         time.sleep(idle_s)
@@ -452,6 +480,10 @@ def main() -> None:
           + ", ".join(f"{k} {v * 1000:.1f} ms/s" for k, v in idle_rate.items()) + " (subtracted from their CPU ms / image)")
     print(f"load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {cores} cores; "
           f"{args.rounds} interleaved rounds; server-side = X-Pocketgan-Actual-Ms (decode..encode inside the service)")
+    print(f"scheduler autogroups {'on' if autogroups_enabled() else 'off'}: raw modes run in 1 session, the servers' "
+          "workers in " + ", ".join(f"{k} {v}" for k, v in groups.items())
+          + (" (with autogroups on and other jobs on the CPU, a layout with more sessions gets more CPU than raw: "
+             "compare its CPU per image, not its wall-clock ratio)" if autogroups_enabled() else ""))
     f3 = lambda L: f"{pct(L, 50):.1f} / {pct(L, 95):.1f} / {pct(L, 99):.1f}"  # noqa: E731
 
     def lay(k: str) -> str:
