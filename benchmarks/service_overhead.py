@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import http.client
 import io
 import json
 import os
@@ -218,13 +219,11 @@ class KeepAliveClient:
     """POST pre-encoded bodies over one persistent HTTP/1.1 connection (one per client thread)."""
 
     def __init__(self, host: str, port: int) -> None:
-        import http.client
-
-        self._new = lambda: http.client.HTTPConnection(host, port, timeout=60)
-        self.conn = self._new()
+        self.host, self.port = host, port
+        self.conn = http.client.HTTPConnection(host, port, timeout=60)
 
     def post(self, path: str, body: bytes, ctype: str) -> tuple[int, dict[str, str]]:
-        """(status, lower-cased headers); reconnects once when the server closed the idle connection."""
+        """(status, lower-cased headers); reconnects and retries once when the connection was closed."""
         for attempt in (0, 1):
             try:
                 self.conn.request("POST", path, body=body, headers={"Content-Type": ctype})
@@ -232,18 +231,11 @@ class KeepAliveClient:
                 r.read()
                 if r.will_close:
                     self.conn.close()
-                    self.conn = self._new()
                 return r.status, {k.lower(): v for k, v in r.getheaders()}
-            except (OSError, ConnectionError, EOFError) as exc:  # http.client's errors are OSError/HTTPException
-                self.conn.close()
-                self.conn = self._new()
+            except (OSError, http.client.HTTPException):
+                self.conn.close()  # http.client reconnects on the next request
                 if attempt:
-                    raise OSError(str(exc)) from exc
-            except Exception as exc:  # noqa: BLE001 - http.client.HTTPException (e.g. RemoteDisconnected)
-                self.conn.close()
-                self.conn = self._new()
-                if attempt:
-                    raise OSError(str(exc)) from exc
+                    raise
         raise AssertionError("unreachable")
 
 
@@ -411,7 +403,7 @@ def main() -> None:
                     art = headers.get("x-pocketgan-artifact", "")
                     if status == 200 and level[0] is not None:
                         server_ms.setdefault(level[0], []).append(float(headers["x-pocketgan-actual-ms"]))
-                except (httpx.HTTPError, OSError):
+                except (httpx.HTTPError, OSError, http.client.HTTPException):
                     status, art = 0, ""
                 with served_lock:
                     served.append((t0, (time.perf_counter() - t0) * 1000, status, art))
