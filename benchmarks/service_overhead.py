@@ -12,21 +12,30 @@ may be shared: read the ratios, not the absolute times):
 4. HTTP, old layout: `bentoml serve` with 1 worker, INFERENCE_THREADS 16, ORT's default intra-op
    threads (the layout issue 14 measured);
 5. HTTP, new layout (README "Service performance": workers x inference threads x intra-op
-   threads = cores): --workers, --inference-threads (default cores / workers), --threads (default 1).
+   threads = cores): --workers, --inference-threads (default cores / workers), --threads (default 1);
+   `--layout WxIxT` (repeatable) serves further layouts side by side (e.g. 1x2x1 2x1x1 2x2x1).
+
+The HTTP load generator is meant to cost little next to the server, since both share the cores:
+each request body (multipart, one of the images) is encoded once before the run and sent over
+one persistent keep-alive `http.client` connection per client thread (`--client httpx`: the first
+version's `httpx.Client.post(files=...)`, re-encoding every body). The benchmark process's own
+CPU per request is printed for every mode (for HTTP modes: the load generator's cost).
 
 for C in 1, 4, 16: p50/p95/p99 latency, throughput; then both ratios (old definition: HTTP vs
-mode 1; new: HTTP vs mode 2) for both layouts, side by side. Then a promotion under load (C=4,
+mode 1; new: HTTP vs mode 2) for every layout, side by side. Then a promotion under load (C=4,
 new layout): zero failed requests expected, p99 during the swap window reported. Also the
 selection function's decision time. Bounded: --requests per level and mode (split over
 --rounds), --max-seconds per level and mode.
 
     python benchmarks/service_overhead.py [--requests 120] [--rounds 2] [--max-seconds 20] [--side 256]
+        [--layout 1x2x1 --layout 2x1x1] [--client keepalive|httpx] [--no-old]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import http.client
 import io
 import json
 import os
@@ -153,11 +162,81 @@ def group_cpu_s(root: int) -> float:
     return total / tick
 
 
+def sessions_of(root: int) -> int:
+    """Distinct sessions (Linux scheduler autogroups) among a process's descendants that run requests.
+
+    BentoML starts each worker in its own session; with `kernel.sched_autogroup_enabled` = 1 the
+    kernel shares a contended CPU between sessions first, so N workers get N shares against other
+    jobs where this benchmark's raw modes get one: multi-worker wall-clock ratios on a shared
+    machine are inflated by that, CPU per image is not."""
+    sids: dict[int, tuple[int, int]] = {}  # pid -> (ppid, sid)
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            sids[int(d)] = (int(fields[1]), int(fields[3]))
+    workers = [pid for pid, (ppid, _) in sids.items() if ppid == root]
+    return len({sids[p][1] for p in workers}) or 1
+
+
+def autogroups_enabled() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def merge(parts: list[Level]) -> Level:
     """Pool rounds: all latencies, throughput = requests / summed wall time, failures summed."""
     lat = [x for p in parts for x in p[0]]
     wall = sum(len(p[0]) / p[1] for p in parts if p[1] > 0)
     return lat, (len(lat) / wall if wall else float("nan")), sum(p[2] for p in parts)
+
+
+def parse_layout(text: str) -> tuple[int, int, int]:
+    """"2x1x1" -> (workers, inference threads, intra-op threads)."""
+    try:
+        w, i, t = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layout is WORKERSxINFERENCE_THREADSxINTRA_OP_THREADS, got {text!r}") from None
+    if min(w, i, t) < 1:
+        raise argparse.ArgumentTypeError(f"layout parts must be >= 1, got {text!r}")
+    return w, i, t
+
+
+def multipart_body(image: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
+    """One request body, encoded once by httpx (body bytes, content type with its boundary)."""
+    import httpx
+
+    req = httpx.Request("POST", "http://x/translate", files={"image": ("x.jpg", image, "image/jpeg")}, data=fields)
+    return req.read(), req.headers["content-type"]
+
+
+class KeepAliveClient:
+    """POST pre-encoded bodies over one persistent HTTP/1.1 connection (one per client thread)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.conn = http.client.HTTPConnection(host, port, timeout=60)
+
+    def post(self, path: str, body: bytes, ctype: str) -> tuple[int, dict[str, str]]:
+        """(status, lower-cased headers); reconnects and retries once when the connection was closed."""
+        for attempt in (0, 1):
+            try:
+                self.conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+                r = self.conn.getresponse()
+                r.read()
+                if r.will_close:
+                    self.conn.close()
+                return r.status, {k.lower(): v for k, v in r.getheaders()}
+            except (OSError, http.client.HTTPException):
+                self.conn.close()  # http.client reconnects on the next request
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def main() -> None:
@@ -170,8 +249,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="new layout: ORT intra-op threads per session")
     ap.add_argument("--inference-threads", type=int, default=None,
                     help="new layout: jobs at once per worker (default: cores / (workers x threads))")
+    ap.add_argument("--layout", type=parse_layout, action="append", default=[],
+                    help="a further HTTP layout WORKERSxINFERENCE_THREADSxINTRA_OP_THREADS (repeatable)")
     ap.add_argument("--old-inference-threads", type=int, default=16, help="old layout: jobs at once (ORT default threads)")
+    ap.add_argument("--no-old", action="store_true", help="skip the old layout and the old-definition raw mode")
+    ap.add_argument("--client", choices=("keepalive", "httpx"), default="keepalive",
+                    help="HTTP load generator: pre-encoded bodies on keep-alive connections, or httpx re-encoding each")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--no-swap", action="store_true", help="skip the promotion-under-load part")
     args = ap.parse_args()
 
     import httpx
@@ -189,12 +274,18 @@ def main() -> None:
     cores = os.cpu_count() or 1
     inf_threads = args.inference_threads or max(1, cores // (args.workers * args.threads))
     budget = args.workers * inf_threads  # runs at once in the new layout
+    layouts: dict[str, tuple[int, int, int]] = {"new": (args.workers, inf_threads, args.threads)}
+    for w, i, t in args.layout:
+        layouts.setdefault(f"{w}x{i}x{t}", (w, i, t))
+    if not args.no_old:
+        layouts = {"old": (1, args.old_inference_threads, 0), **layouts}  # 0: ORT's default intra-op threads
     tmp = Path(tempfile.mkdtemp(prefix="pocketgan-bench-"))
     images = facades_jpegs(args.side)
-    print(f"# pocketgan service overhead  (cpu cores: {cores}, image {args.side}x{args.side} JPEG, ORT {ort.__version__})")
-    print(f"# old layout: 1 worker x INFERENCE_THREADS {args.old_inference_threads} x ORT default intra-op threads; "
-          f"new layout: {args.workers} worker(s) x INFERENCE_THREADS {inf_threads} x INTRA_OP_THREADS {args.threads} "
-          f"= {args.workers * inf_threads * args.threads} threads on {cores} cores")
+    print(f"# pocketgan service overhead  (cpu cores: {cores}, image {args.side}x{args.side} JPEG, ORT {ort.__version__}, "
+          f"HTTP client: {args.client})")
+    print("# layouts (workers x INFERENCE_THREADS x INTRA_OP_THREADS; 0 = ORT's default): "
+          + ", ".join(f"{k} {w}x{i}x{t}" for k, (w, i, t) in layouts.items())
+          + f"; raw same budget: <= {budget} runs at once x {args.threads} thread(s)")
 
     a_id = export_student(tmp / "a", "16_16_32_16_32_32_16_16", 0)
     b_id = export_student(tmp / "b", "16_16_32_24_24_24_16_16", 1)
@@ -245,12 +336,16 @@ def main() -> None:
                                          throughput_ips=tput1)],
     )
 
+    fields = {"task": TASK, "device_class": "desktop", "latency_budget_ms": "60000"}
+    bodies = [multipart_body(img, fields) for img in images]  # encoded once (keepalive client)
     s3 = start_local_s3(tmp / "s3", bucket="bench")
     servers: dict[str, ServiceProcess] = {}
-    modes = ["raw_old", "raw", "pipeline", "http_old", "http_new"]
+    raw_modes = (["raw_old"] if not args.no_old else []) + ["raw", "pipeline"]
+    modes = raw_modes + [f"http_{k}" for k in layouts]
     parts: dict[str, dict[int, list[Level]]] = {m: {c: [] for c in args.concurrency} for m in modes}
-    server_ms: dict[tuple[str, int], list[float]] = {}  # (layout, C) -> X-Pocketgan-Actual-Ms
-    cpu_s = {m: {c: 0.0 for c in args.concurrency} for m in modes}  # CPU seconds: this process / the server's
+    server_ms: dict[tuple[str, int], list[float]] = {}  # (mode, C) -> X-Pocketgan-Actual-Ms
+    cpu_s = {m: {c: 0.0 for c in args.concurrency} for m in modes}  # CPU seconds: raw: this process; HTTP: server's
+    client_cpu_s = {m: {c: 0.0 for c in args.concurrency} for m in modes}  # this process's CPU seconds
     try:
         settings = RegistrySettings(registry="s3://bench/r", s3_endpoint=s3.endpoint, region=s3.region,
                                     cache_dir=tmp / "cache", access_key_id=s3.access_key,
@@ -269,11 +364,14 @@ def main() -> None:
             "POCKETGAN_SERVICE_POLL_INTERVAL_S": "1", "POCKETGAN_SERVICE_MAX_CONCURRENCY": "256",
             "POCKETGAN_SERVICE_WARMUP_SIZE": str(args.side),
         })
-        servers["old"] = start_server(tmp, "old", env, {
-            "POCKETGAN_SERVICE_WORKERS": "1", "POCKETGAN_SERVICE_INFERENCE_THREADS": str(args.old_inference_threads)})
-        servers["new"] = start_server(tmp, "new", env, {
-            "POCKETGAN_SERVICE_WORKERS": str(args.workers), "POCKETGAN_SERVICE_INFERENCE_THREADS": str(inf_threads),
-            "POCKETGAN_SERVICE_INTRA_OP_THREADS": str(args.threads)})
+        for name, (w, i, t) in layouts.items():
+            layout_env = {"POCKETGAN_SERVICE_WORKERS": str(w), "POCKETGAN_SERVICE_INFERENCE_THREADS": str(i)}
+            if t:
+                layout_env["POCKETGAN_SERVICE_INTRA_OP_THREADS"] = str(t)
+            else:  # ORT's default: null, which only the YAML file can say
+                (tmp / f"{name}.yaml").write_text("intra_op_threads: null\n")
+                layout_env["POCKETGAN_SERVICE_CONFIG"] = str(tmp / f"{name}.yaml")
+            servers[name] = start_server(tmp, name, env, layout_env)
 
         local = threading.local()
         served: list[tuple[float, float, int, str]] = []  # (start, ms, status, artifact)
@@ -282,36 +380,46 @@ def main() -> None:
 
         def http_to(layout: str):
             url = servers[layout].url
+            host, port = servers[layout].host, servers[layout].port
 
-            def http(i=[0]) -> bool:  # noqa: B006
+            def send(k: int) -> tuple[int, dict[str, str]]:
                 clients = local.__dict__.setdefault("clients", {})
                 cl = clients.get(layout)
+                if args.client == "httpx":
+                    if cl is None:
+                        cl = clients[layout] = httpx.Client(base_url=url, timeout=60)
+                    r = cl.post("/translate", files={"image": ("x.jpg", images[k], "image/jpeg")}, data=fields)
+                    return r.status_code, {k.lower(): v for k, v in r.headers.items()}
                 if cl is None:
-                    cl = clients[layout] = httpx.Client(base_url=url, timeout=60)
+                    cl = clients[layout] = KeepAliveClient(host, port)
+                body, ctype = bodies[k]
+                return cl.post("/translate", body, ctype)
+
+            def http(i=[0]) -> bool:  # noqa: B006
                 i[0] += 1
                 t0 = time.perf_counter()
                 try:
-                    r = cl.post("/translate", files={"image": ("x.jpg", images[i[0] % len(images)], "image/jpeg")},
-                                data={"task": TASK, "device_class": "desktop", "latency_budget_ms": "60000"})
-                    status, art = r.status_code, r.headers.get("X-Pocketgan-Artifact", "")
+                    status, headers = send(i[0] % len(images))
+                    art = headers.get("x-pocketgan-artifact", "")
                     if status == 200 and level[0] is not None:
-                        server_ms.setdefault(level[0], []).append(float(r.headers["X-Pocketgan-Actual-Ms"]))
-                except httpx.HTTPError:
+                        server_ms.setdefault(level[0], []).append(float(headers["x-pocketgan-actual-ms"]))
+                except (httpx.HTTPError, OSError, http.client.HTTPException):
                     status, art = 0, ""
                 with served_lock:
                     served.append((t0, (time.perf_counter() - t0) * 1000, status, art))
                 return status == 200
             return http
 
-        fns = {"raw_old": raw_old, "raw": raw_new, "pipeline": pipeline,
-               "http_old": http_to("old"), "http_new": http_to("new")}
-        for layout in ("old", "new"):
+        fns = {"raw": raw_new, "pipeline": pipeline, **({} if args.no_old else {"raw_old": raw_old})}
+        fns.update({f"http_{k}": http_to(k) for k in layouts})
+        for k in layouts:
             for _ in range(5):
-                fns[f"http_{layout}"]()
+                fns[f"http_{k}"]()
+        groups = {k: sessions_of(p.proc.pid) for k, p in servers.items()}
         idle_s = 6.0  # the servers' own CPU with no requests (registry polling, BentoML): subtracted per level
-        idle0 = {k: group_cpu_s(p.pid) for k, (p, _) in servers.items()}
+        idle0 = {k: group_cpu_s(p.proc.pid) for k, p in servers.items()}
         time.sleep(idle_s)
-        idle_rate = {k: (group_cpu_s(p.pid) - idle0[k]) / idle_s for k, (p, _) in servers.items()}
+        idle_rate = {k: (group_cpu_s(p.proc.pid) - idle0[k]) / idle_s for k, p in servers.items()}
         per_round = max(1, args.requests // args.rounds)
         for rnd in range(args.rounds):
             order = modes if rnd % 2 == 0 else modes[::-1]
@@ -319,9 +427,12 @@ def main() -> None:
                 for m in order:
                     level[0] = (m, c) if m.startswith("http") else None
                     pg = servers[m[5:]].proc.pid if m.startswith("http") else None
-                    cpu0 = group_cpu_s(pg) if pg else time.process_time()
+                    me0 = time.process_time()
+                    cpu0 = group_cpu_s(pg) if pg else me0
                     res = run_level(fns[m], c, per_round, args.max_seconds / args.rounds)
-                    cpu_s[m][c] += (group_cpu_s(pg) if pg else time.process_time()) - cpu0
+                    me1 = time.process_time()
+                    cpu_s[m][c] += (group_cpu_s(pg) if pg else me1) - cpu0
+                    client_cpu_s[m][c] += me1 - me0
                     if pg:  # net of the server's idle CPU over the level's wall time
                         cpu_s[m][c] -= idle_rate[m[5:]] * (len(res[0]) / res[1] if res[1] > 0 else 0.0)
                     parts[m][c].append(res)
@@ -330,25 +441,25 @@ def main() -> None:
 
         # -- promotion under load (new layout)
         served.clear()
-        stop_at = [None]
+        stop_at: list[float | None] = [None]
+        if not args.no_swap:
+            def promote_later() -> None:
+                time.sleep(2.0)
+                t = time.perf_counter()
+                reg.promote(TASK, "production", [b_id], actor="bench")
+                stop_at[0] = t
 
-        def promote_later() -> None:
-            time.sleep(2.0)
-            t = time.perf_counter()
-            reg.promote(TASK, "production", [b_id], actor="bench")
-            stop_at[0] = t
-
-        th = threading.Thread(target=promote_later)
-        th.start()
-        swap_n = max(args.requests, 300)
-        lat, tput, fails = run_level(fns["http_new"], 4, swap_n, max(args.max_seconds, 12.0))
-        th.join()
-        t_promote = stop_at[0]
-        first_b = min((s for s, _, st, a in served if a == b_id), default=None)
-        window = [ms for s, ms, _, _ in served if t_promote is not None and first_b is not None
-                  and t_promote - 0.5 <= s <= first_b + 1.0]
-        outside = [ms for s, ms, _, _ in served if not (t_promote - 0.5 <= s <= (first_b or t_promote) + 1.0)]
-        codes = sorted({st for _, _, st, _ in served})
+            th = threading.Thread(target=promote_later)
+            th.start()
+            swap_n = max(args.requests, 300)
+            lat, tput, fails = run_level(fns["http_new"], 4, swap_n, max(args.max_seconds, 12.0))
+            th.join()
+            t_promote = stop_at[0]
+            first_b = min((s for s, _, st, a in served if a == b_id), default=None)
+            window = [ms for s, ms, _, _ in served if t_promote is not None and first_b is not None
+                      and t_promote - 0.5 <= s <= first_b + 1.0]
+            outside = [ms for s, ms, _, _ in served if not (t_promote - 0.5 <= s <= (first_b or t_promote) + 1.0)]
+            codes = sorted({st for _, _, st, _ in served})
     finally:
         for server in servers.values():
             server.stop()
@@ -357,48 +468,63 @@ def main() -> None:
 
     print()
     load = os.getloadavg()
-    print(f"servers' idle CPU (polling the registry every 1 s): old {idle_rate['old'] * 1000:.1f} ms/s, "
-          f"new {idle_rate['new'] * 1000:.1f} ms/s (subtracted from their CPU ms / image)")
+    print("servers' idle CPU (polling the registry every 1 s): "
+          + ", ".join(f"{k} {v * 1000:.1f} ms/s" for k, v in idle_rate.items()) + " (subtracted from their CPU ms / image)")
     print(f"load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {cores} cores; "
           f"{args.rounds} interleaved rounds; server-side = X-Pocketgan-Actual-Ms (decode..encode inside the service)")
+    print(f"scheduler autogroups {'on' if autogroups_enabled() else 'off'}: raw modes run in 1 session, the servers' "
+          "workers in " + ", ".join(f"{k} {v}" for k, v in groups.items())
+          + (" (with autogroups on and other jobs on the CPU, a layout with more sessions gets more CPU than raw: "
+             "compare its CPU per image, not its wall-clock ratio)" if autogroups_enabled() else ""))
     f3 = lambda L: f"{pct(L, 50):.1f} / {pct(L, 95):.1f} / {pct(L, 99):.1f}"  # noqa: E731
+
+    def lay(k: str) -> str:
+        w, i, t = layouts[k]
+        return f"{w} x {i} x {t or 'ORT default'}"
+
     names = {"raw_old": "raw ORT, old def. (default threads, C runs at once)",
              "raw": f"raw ORT, same budget ({args.threads} thread(s), <= {budget} runs at once)",
-             "pipeline": "in-process pipeline, same budget",
-             "http_old": f"HTTP, old layout (INFERENCE_THREADS {args.old_inference_threads}, default intra-op)",
-             "http_new": f"HTTP, new layout ({args.workers} x {inf_threads} x {args.threads})"}
-    print("| C | mode | p50 / p95 / p99 ms | img/s | server-side p50 ms | CPU ms / image | failures |")
-    print("|---|---|---|---:|---:|---:|---:|")
+             "pipeline": "in-process pipeline, same budget"}
+    names.update({f"http_{k}": f"HTTP, {k} layout ({lay(k)})" for k in layouts})
+    print("| C | mode | p50 / p95 / p99 ms | img/s | server-side p50 ms | CPU ms / image | benchmark process CPU ms / "
+          "request | failures |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+
+    def per(d: dict[str, dict[int, float]], m: str, c: int) -> float:
+        return d[m][c] * 1000 / max(1, len(results[m][c][0]))
+
     for c in args.concurrency:
         for m in modes:
             lat_m, tp, fl = results[m][c]
             side = server_ms.get((m, c))
             print(f"| {c} | {names[m]} | {f3(lat_m)} | {tp:.1f} | {pct(side, 50) if side else float('nan'):.1f} "
-                  f"| {cpu_s[m][c] * 1000 / max(1, len(lat_m)):.1f} | {fl} / {len(lat_m)} |")
+                  f"| {per(cpu_s, m, c):.1f} | {per(client_cpu_s, m, c):.1f} | {fl} / {len(lat_m)} |")
     print()
     print("ratios (targets: HTTP - raw p50 <= 5 ms at C=1; HTTP / raw throughput >= 0.85 at C=16). CPU: raw ORT's CPU ms "
           "per image (this process) / the service's (all its processes, net of idle): the throughput ratio on cores "
-          "the service had to itself, and far less sensitive to other jobs on a shared CPU than wall-clock ratios:")
+          "the service had to itself, and far less sensitive to other jobs on a shared CPU than wall-clock ratios. "
+          "Client CPU: the load generator's CPU ms per request (it shares the cores with the server):")
     print("| C | layout | HTTP - raw p50 ms (old def.) | HTTP - raw p50 ms (same budget) | HTTP - pipeline p50 ms "
           "| HTTP / raw img/s (old def.) | HTTP / raw img/s (same budget) | service - raw CPU ms / image "
-          "| raw / service CPU per image (same budget) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    def cpu_per(m: str, c: int) -> float:
-        return cpu_s[m][c] * 1000 / max(1, len(results[m][c][0]))
-
+          "| raw / service CPU per image (same budget) | client CPU ms / request | raw / (service + client) CPU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    nan = float("nan")
     for c in args.concurrency:
-        for layout in ("old", "new"):
-            h = results[f"http_{layout}"][c]
-            ro, rn, p = results["raw_old"][c], results["raw"][c], results["pipeline"][c]
-            print(f"| {c} | {layout} | {pct(h[0], 50) - pct(ro[0], 50):+.1f} | {pct(h[0], 50) - pct(rn[0], 50):+.1f} "
+        for k in layouts:
+            m = f"http_{k}"
+            h = results[m][c]
+            rn, p = results["raw"][c], results["pipeline"][c]
+            ro = results["raw_old"][c] if "raw_old" in results else ([nan], nan, 0)
+            svc, raw_cpu, cl = per(cpu_s, m, c), per(cpu_s, "raw", c), per(client_cpu_s, m, c)
+            print(f"| {c} | {k} | {pct(h[0], 50) - pct(ro[0], 50):+.1f} | {pct(h[0], 50) - pct(rn[0], 50):+.1f} "
                   f"| {pct(h[0], 50) - pct(p[0], 50):+.1f} | {h[1] / ro[1]:.2f} | {h[1] / rn[1]:.2f} "
-                  f"| {cpu_per(f'http_{layout}', c) - cpu_per('raw', c):+.1f} "
-                  f"| {cpu_per('raw', c) / cpu_per(f'http_{layout}', c):.2f} |")
-    print()
-    print(f"promotion under load (new layout, C=4, {len(served)} requests): status codes {codes}, failures {fails}; "
-          f"new set first served {((first_b or float('nan')) - (t_promote or float('nan'))):.2f} s after promote; "
-          f"p99 during swap window {pct(window, 99):.2f} ms (n={len(window)}) vs outside {pct(outside, 99):.2f} ms "
-          f"(n={len(outside)}); throughput {tput:.1f} img/s")
+                  f"| {svc - raw_cpu:+.1f} | {raw_cpu / svc:.2f} | {cl:.1f} | {raw_cpu / (svc + cl):.2f} |")
+    if not args.no_swap:
+        print()
+        print(f"promotion under load (new layout, C=4, {len(served)} requests): status codes {codes}, failures {fails}; "
+              f"new set first served {((first_b or float('nan')) - (t_promote or float('nan'))):.2f} s after promote; "
+              f"p99 during swap window {pct(window, 99):.2f} ms (n={len(window)}) vs outside {pct(outside, 99):.2f} ms "
+              f"(n={len(outside)}); throughput {tput:.1f} img/s")
 
 
 if __name__ == "__main__":

@@ -557,7 +557,13 @@ class PocketGAN:
 def _serve_config(settings: ServiceSettings) -> dict[str, Any]:
     """BentoML's service config from our settings: read when serving starts (main process and each
     worker), so `bentoml build` bakes nothing and env / the YAML file decide at serve time."""
-    return {"workers": settings.workers, "traffic": {"timeout": settings.timeout_s + BACKSTOP_S}}
+    config: dict[str, Any] = {
+        "workers": settings.workers, "traffic": {"timeout": settings.timeout_s + BACKSTOP_S},
+        "logging": {"access": {"enabled": settings.access_log}},
+    }
+    if not settings.tracing:  # the per-request routes skip BentoML's OpenTelemetry middleware
+        config["tracing"] = {"excluded_urls": ["/translate", "/resolve"]}
+    return config
 
 
 def _inject_config(self: Any) -> None:

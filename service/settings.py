@@ -121,6 +121,14 @@ class ServiceSettings(BaseSettings):
     body_timeout_s: float = Field(default=10.0, gt=0, description="the whole body must arrive within this (else 408)")
     max_uploads: int = Field(default=256, ge=1, description="bodies being received at once per worker (else 503)")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 429/503")
+    access_log: bool = Field(
+        default=True, description="BentoML's access log: one line per request (README \"Service performance\")",
+    )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry spans for /translate and /resolve (BentoML's tracing middleware); off: those "
+        "routes skip it, so set this when BentoML's tracing exporter is configured",
+    )
     # -- access control (README "Security model")
     api_key_hashes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -66,6 +66,7 @@ def server(s3_server, tmp_path_factory) -> Iterator[Server]:
         "POCKETGAN_SERVICE_MAX_UPLOADS": "100",
         "POCKETGAN_SERVICE_INTERNAL_NETWORKS": '["127.0.0.0/8"]',
         "POCKETGAN_SERVICE_MIN_OBSERVATIONS": "1000000",
+        "POCKETGAN_SERVICE_ACCESS_LOG": "false",  # the edge's checks do not depend on it (and it is checked off)
         # "public" S3 address: another name for the same server, as a phone-facing address would be
         "POCKETGAN_S3_PUBLIC_ENDPOINT": s3_server.endpoint.replace("127.0.0.1", "localhost"),
     }
@@ -265,3 +266,13 @@ def test_big_request_memory_is_bounded_and_given_back(server: Server) -> None:
           f"(kept {kept / 2**20:+.0f} MiB)")
     assert growth <= estimate, (growth, estimate)
     assert kept <= 0.2 * growth, (kept, growth)
+
+
+def test_access_log_can_be_switched_off(server: Server) -> None:
+    """ACCESS_LOG=false: served requests leave no access line (the line's format: test_service_http)."""
+    with server.client() as c:
+        assert _translate(server, c, png_bytes(32, 32)).status_code == 200
+    time.sleep(1.0)
+    log = server.log.read_text(errors="replace")
+    assert "Service pocketgan initialized" in log  # the log is the server's
+    assert "path=/translate" not in log

@@ -311,3 +311,13 @@ def test_corrupt_promoted_set_keeps_old_set(server: Server, tmp_path: Path) -> N
 
 def s3_bucket(reg) -> str:
     return reg.settings.location()[0]
+
+
+def test_access_log_line_per_request_by_default(server: Server) -> None:
+    """ACCESS_LOG defaults to on: BentoML logs a line per request (test_service_abuse checks it can be off)."""
+    with server.client() as c:
+        assert server.translate(c, png_bytes(32, 32), latency_budget_ms=1000).status_code == 200
+    deadline = time.monotonic() + 10
+    while "path=/translate" not in server.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "no access log line for POST /translate"
+        time.sleep(0.2)
