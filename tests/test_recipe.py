@@ -61,3 +61,29 @@ def test_output_distillation_from_cached_teacher_outputs_learns_without_a_discri
     assert after > before
     assert log["loss_ssim"] > 0 and log["loss_d"] == 0.0
     assert all(torch.equal(d_before[k], v) for k, v in d.state_dict().items())  # no discriminator update
+
+
+def test_students_of_one_teacher_share_its_cached_outputs():
+    """Several students distilled from the same teacher and images (prune-finetune's loop) pay for the
+    teacher's outputs once: the caller's target_cache carries them from one student to the next."""
+    cfg = DataConfig(root="embedded:facades", direction="AtoB", targets=False, load_size=40, crop_size=32,
+                     max_train=4, max_test=2)
+    train = ImageSet(cfg, "train")
+    teacher = _teacher()
+    students = [magnitude_prune(teacher, count_macs(teacher, 256) / r) for r in (4, 8, 8)]
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    dcfg = DistillConfig(lambda_gan=0.0, lambda_recon=1.0, lambda_ssim=0.0, lambda_gt=0.0, distill_layers=0,
+                         train_crop=24, cache_teacher=True)
+
+    def distill(student: torch.nn.Module, cache: dict | None) -> int:
+        train_distill(teacher=teacher, parts=DistillParts(student, None, patchgan_discriminator(ndf=8, n_layers=2),
+                                                          [], []),
+                      train=train, cfg=dcfg, steps=2, lr=1e-3, batch_size=2, seed=0, conditional_d=False,
+                      target_cache=cache)
+        return len(calls)
+
+    shared: dict = {}
+    first, second = distill(students[0], shared), distill(students[1], shared)
+    assert first > 0 and second == first and len(shared) == 1
+    assert distill(students[2], None) > second  # without a shared cache every student runs the teacher again

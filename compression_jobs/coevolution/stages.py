@@ -147,14 +147,15 @@ def stage_prune_finetune(ctx: Context, out: Path) -> dict:
     d, found = _searched(ctx)
     teacher = run_teacher(ctx)
     train = ImageSet(job.data, "train")
-    logs = {}
+    logs, targets = {}, {}  # targets: the teacher's cached outputs, computed once for all students
     for i, (widths, name) in enumerate(found):
         student = compact_student(ctx, widths, d / name)
         parts = distill_parts(ctx, student, teacher, train, None)
         logs[str(widths)] = train_distill(
             teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
             batch_size=job.distill.batch_size, seed=job.seed + 3 + i, conditional_d=train.paired,
-            desc=f"prune-finetune {widths}", device=job.device, mixed_precision=job.mixed_precision)
+            desc=f"prune-finetune {widths}", device=job.device, mixed_precision=job.mixed_precision,
+            target_cache=targets)
         save_state(student, out / name)
     first = str(found[0][0])
     return {"channel_config": first, "students": list(logs), "steps": cfg.finetune_steps, "losses": logs[first]}

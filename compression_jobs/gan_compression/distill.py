@@ -116,12 +116,15 @@ def train_distill(
     desc: str = "distill",
     device: str = "cpu",
     mixed_precision: str = "off",
+    target_cache: dict | None = None,
 ) -> dict[str, float]:
     """Run `steps` distillation steps in place on `parts`; returns the last step's losses.
 
     `sample_config(step)` picks the sub-network for a supernet student (None: use it as is).
     Under an initialised process group (torchrun) each rank trains on its share of every batch
     and gradients are averaged over ranks (`batch_sync.BatchSync`): the same result as one process.
+    `target_cache`: a dict the caller passes to every student trained from the same teacher and
+    images, so the teacher's cached outputs are computed once, not once per student.
     """
     sync = BatchSync.current()
     teacher.eval()
@@ -147,7 +150,11 @@ def train_distill(
     recon = F.l1_loss if cfg.recon_loss == "l1" else F.mse_loss
     cached = cfg.cache_teacher and mapper is None and sync is None
     if cached:
-        train_for_stream = teacher_target_set(teacher, train, crop=cfg.train_crop, device=device)
+        key = (id(teacher), id(train), cfg.train_crop, device)
+        cache = target_cache if target_cache is not None else {}
+        if key not in cache:
+            cache[key] = teacher_target_set(teacher, train, crop=cfg.train_crop, device=device)
+        train_for_stream = cache[key]
     else:
         train_for_stream = _with_crop(train, cfg.train_crop)
     stream = TrainStream(train_for_stream, batch_size, seed)
