@@ -11,7 +11,7 @@ provides everything around it: `/readyz` (via `__is_ready__`), `/livez`, `/metri
 aggregation, filtered by `__metrics__`). BentoML's HTTP clients (`bentoml.SyncHTTPClient(url).translate(...)`)
 find the two routes in `/schema.json`, which lists them (`service.openapi.client_routes`); `/docs.json`
 is our own OpenAPI document with the deployment's constraints (`service.openapi.openapi_document`).
-Workers and BentoML's backstop timeout come from the settings when serving starts (`_serve_config`).
+Workers and BentoML's backstop timeout come from the settings when serving starts (`serve_config`).
 Traffic control is ours, not BentoML's: `service.edge.Edge` wraps BentoML's whole ASGI app in
 every worker (request ids, one error shape, body deadline, upload/concurrency caps, API keys,
 internal-only routes, the request deadline); BentoML's own timeout stays only as a backstop.
@@ -196,7 +196,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", "internal error")
 
 
-@bentoml.service(name="pocketgan", resources=RESOURCES)  # workers and timeout: serve time (_serve_config)
+@bentoml.service(name="pocketgan", resources=RESOURCES)  # workers and timeout: serve time (serve_config)
 @bentoml.asgi_app(app, path="/")
 class PocketGAN:
     """One instance per worker: settings, metrics, the model pool and its polling task."""
@@ -554,7 +554,7 @@ class PocketGAN:
         )
 
 
-def _serve_config(settings: ServiceSettings) -> dict[str, Any]:
+def serve_config(settings: ServiceSettings) -> dict[str, Any]:
     """BentoML's service config from our settings: read when serving starts (main process and each
     worker), so `bentoml build` bakes nothing and env / the YAML file decide at serve time."""
     config: dict[str, Any] = {
@@ -573,7 +573,7 @@ def _inject_config(self: Any) -> None:
         return _bentoml_inject_config(self)
     declared = dict(self.config)
     try:
-        self.config.update(_serve_config(ServiceSettings()))
+        self.config.update(serve_config(ServiceSettings()))
     except ValueError as exc:  # invalid settings: the workers refuse to start with the full message
         log.warning("service settings invalid: %s", str(exc).splitlines()[0])
     try:

@@ -45,11 +45,11 @@ def test_yaml_values_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_serve_config_carries_the_access_log_and_tracing_settings() -> None:
-    from service.service import _serve_config
+    from service.service import serve_config
 
-    default = _serve_config(ServiceSettings())
+    default = serve_config(ServiceSettings())
     assert default["logging"] == {"access": {"enabled": True}}
     assert default["tracing"] == {"excluded_urls": ["/translate", "/resolve"]}  # no spans per request
-    tuned = _serve_config(ServiceSettings(access_log=False, tracing=True))
+    tuned = serve_config(ServiceSettings(access_log=False, tracing=True))
     assert tuned["logging"] == {"access": {"enabled": False}}
     assert "tracing" not in tuned  # BentoML's tracing configuration applies as it is
