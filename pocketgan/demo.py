@@ -336,11 +336,11 @@ def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[
         picks = best_quality_picks(svc.url, task, samples[0], results, teacher_id, students, methods, out_dir)
         results += picks
         _report(results, manifests)
-        rows, headers, stats = _grid(samples, results, columns, teacher_id, manifests, budget_ms)
+        rows, headers, stats, identity = _grid(samples, results, columns, teacher_id, manifests, budget_ms)
         sheet = side_by_side(rows, headers, out_dir / "side_by_side.png")
         summary = out_dir / "summary.json"
         summary.write_text(json.dumps({"task": task, "teacher": str(teacher), "promoted": ids, "methods": methods,
-                                       "columns": stats,
+                                       "columns": stats, "identity_ssim_to_teacher_served": identity,
                                        "best_quality": [p.model_dump(mode="json") for p in picks],
                                        "translations": [r.model_dump(mode="json") for r in results]}, indent=2))
         click.echo(f"\noutputs:        {out_dir}")
@@ -387,13 +387,18 @@ def _ssim(a: Image.Image, b: Image.Image) -> float:
 
 
 def _grid(samples: list[Sample], results: list[Translation], columns: list[str], teacher_id: str,
-          manifests: dict, budget_ms: float) -> tuple[list[list[Image.Image]], list[str], list[dict]]:
-    """Rows of input | each served model (teacher first); headers with MACs, served latency, SSIM to the teacher."""
+          manifests: dict, budget_ms: float) -> tuple[list[list[Image.Image]], list[str], list[dict], float | None]:
+    """Rows of input | each served model (teacher first); headers with MACs, served latency, SSIM to the
+    teacher; and the input's own SSIM to the teacher (the identity baseline) on these images."""
     served = {(r.image, r.artifact_id): r for r in results
               if r.budget_ms == budget_ms and r.device_class == ROLLOUT_DEVICE_CLASS}
     t_macs = manifests[teacher_id].architecture.macs
     rows = [[s.source] + [Image.open(served[(s.name, aid)].output) for aid in columns] for s in samples]
-    headers, stats = ["input (held-out photo)"], []
+    headers, stats, identity = ["input (held-out photo)"], [], None
+    if teacher_id in columns:  # the input is the identity baseline: what a student must beat
+        t = 1 + columns.index(teacher_id)
+        identity = sum(_ssim(row[0], row[t]) for row in rows) / len(rows)
+        headers[0] += f"\n= identity baseline\nSSIM to teacher {identity:.3f}"
     for c, aid in enumerate(columns):
         m = manifests[aid]
         lat = sorted(served[(s.name, aid)].latency_ms for s in samples)[len(samples) // 2]
@@ -405,4 +410,4 @@ def _grid(samples: list[Sample], results: list[Translation], columns: list[str],
         name = "teacher" if aid == teacher_id else f"student {t_macs / m.architecture.macs:.0f}x fewer MACs"
         headers.append(f"{name}\n{m.architecture.macs / 1e9:.2f} GMACs, {lat:.0f} ms served"
                        + ("" if aid == teacher_id or ssim_t is None else f"\nSSIM to teacher {ssim_t:.3f}"))
-    return rows, headers, stats
+    return rows, headers, stats, identity

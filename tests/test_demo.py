@@ -50,6 +50,7 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         assert cols[1]["macs"] > cols[2]["macs"] and cols[0]["macs"] / cols[1]["macs"] > 9
         assert all(c["served_ms_median"] > 0 for c in cols)
         assert all(0 < c["ssim_to_teacher_served"] <= 1 for c in cols[1:])
+        assert 0 < summary["identity_ssim_to_teacher_served"] < 1  # the input column is the identity baseline
         for t in summary["translations"]:
             out = Image.open(t["output"])
             assert out.mode == "RGB" and out.size[0] == out.size[1] >= 64
