@@ -99,17 +99,21 @@ def plot_curve(logs: list[Path], out: Path) -> None:
     ax.plot([r["ratio"] for r in runs], [r["ssim_t"] for r in runs], "o-", color="tab:blue",
             label="student (pruned teacher, distilled)")
     for r in runs:
-        ax.annotate(f"{r['ssim_t']:.3f} ({r['steps']} steps)", (r["ratio"], r["ssim_t"]),
-                    textcoords="offset points", xytext=(6, -12), fontsize=8)
+        ax.annotate(f"{r['ssim_t']:.3f}\n({r['steps']} steps)", (r["ratio"], r["ssim_t"]),
+                    textcoords="offset points", xytext=(0, 8), fontsize=8, ha="center")
     styles = {"identity": ("tab:red", "--"), "mean-image": ("tab:gray", ":")}
     for name, value in baselines.items():
         color, ls = styles.get(name, ("black", "-."))
         ax.axhline(value, color=color, ls=ls, label=f"baseline: {name} ({value:.3f})")
     ax.set_xscale("log")
+    ratios = [r["ratio"] for r in runs]
+    ax.set_xticks(ratios, [f"{x:g}x" for x in ratios])
+    ax.minorticks_off()
+    ax.set_xlim(min(ratios) / 1.4, max(ratios) * 1.4)
     ax.set_xlabel("MACs reduction vs the teacher (x, log scale)")
     ax.set_ylabel("SSIM to the teacher (held-out photos, 128 px)")
     ax.set_title("vintagify teacher -> students on a CPU budget")
-    ax.set_ylim(min(0.7, min(r["ssim_t"] for r in runs) - 0.02), 1.0)
+    ax.set_ylim(min(0.7, min(r["ssim_t"] for r in runs) - 0.02), max(r["ssim_t"] for r in runs) + 0.06)
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
