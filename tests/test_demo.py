@@ -17,6 +17,7 @@ from PIL import Image
 PKG_BIN = Path(sys.executable).parent / "pocketgan"
 SHORT = ["--set", "data.max_train=6", "--set", "data.max_test=2", "--set", "data.load_size=72",
          "--set", "data.crop_size=64", "--set", "distill.train_crop=32", "--set", "coevolution.finetune_steps=2",
+         "--set", "coevolution.extra_finetune_steps=[3]",
          "--set", "export.resolution=64", "--set", "export.profile_runs=3"]
 """Two training steps: the students cannot beat the identity baseline, so --publish-all serves them anyway."""
 
@@ -85,5 +86,7 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         assert again.returncode == 0, err[-3000:]
         assert "reusing local S3" in err
         assert "[run ]" not in err and err.count("[skip]") >= 5
+        state = json.loads((work / "run" / "state.json").read_text())["completed"]
+        assert state["prune-finetune"]["info"]["steps"] == [2, 3]  # the 30x student's own step count
     finally:
         subprocess.run([str(PKG_BIN), "s3", "down", "--dir", str(work / "s3")], env=env, capture_output=True)

@@ -87,3 +87,18 @@ def test_students_of_one_teacher_share_its_cached_outputs():
     first, second = distill(students[0], shared), distill(students[1], shared)
     assert first > 0 and second == first and len(shared) == 1
     assert distill(students[2], None) > second  # without a shared cache every student runs the teacher again
+
+
+def test_extra_students_get_their_own_step_counts_and_bad_lists_are_refused():
+    import pytest
+    from pydantic import ValidationError
+
+    from compression_jobs.coevolution.config import CoevolutionConfig
+
+    cfg = CoevolutionConfig(selection="magnitude", extra_budget_ratios=[0.05, 0.033], finetune_steps=100,
+                            extra_finetune_steps=[300])
+    assert [cfg.steps_for(i) for i in range(3)] == [100, 300, 100]  # missing entries: finetune_steps
+    with pytest.raises(ValidationError, match="2 entries for 1 extra_budget_ratios"):
+        CoevolutionConfig(extra_budget_ratios=[0.05], extra_finetune_steps=[1, 2])
+    with pytest.raises(ValidationError, match=">= 0"):
+        CoevolutionConfig(extra_budget_ratios=[0.05], extra_finetune_steps=[-1])

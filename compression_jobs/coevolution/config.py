@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compression_jobs.coevolution.genetic import GAParams
 from compression_jobs.coevolution.search import FitnessWeights
@@ -37,7 +37,24 @@ class CoevolutionConfig(BaseModel):
     budget_penalty: float = Field(default=10.0, ge=0, description="loss added per 100% over the budget")
     eval_images: int = Field(default=8, ge=1, description="training crops every code is scored on")
     finetune_steps: int = Field(default=200, ge=0, description="distillation steps for the compact generator")
+    extra_finetune_steps: list[int] = Field(default_factory=list, description=(
+        "steps for the extra budgets' students, in the order of extra_budget_ratios (missing: finetune_steps); "
+        "smaller students cost less per step and need more steps to converge"))
     finetune_lr: float = 2e-4
+
+    @model_validator(mode="after")
+    def _extra_steps(self) -> "CoevolutionConfig":
+        if len(self.extra_finetune_steps) > len(self.extra_budget_ratios):
+            raise ValueError(f"extra_finetune_steps has {len(self.extra_finetune_steps)} entries for "
+                             f"{len(self.extra_budget_ratios)} extra_budget_ratios")
+        if any(n < 0 for n in self.extra_finetune_steps):
+            raise ValueError("extra_finetune_steps must be >= 0")
+        return self
+
+    def steps_for(self, student: int) -> int:
+        """Fine-tuning steps of student number `student` (0: the job's budget, then each extra budget)."""
+        extra = self.extra_finetune_steps
+        return extra[student - 1] if 0 < student <= len(extra) else self.finetune_steps
 
     def ga(self) -> GAParams:
         return GAParams(population=self.population, elite=self.elite, crossover_prob=self.crossover_prob,

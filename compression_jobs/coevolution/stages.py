@@ -11,7 +11,8 @@
   the job's and ``extra_budget_ratios``), a warm start that distils quickly on a CPU.
 - ``prune-finetune``: trains the compact generator(s) with the shared distillation objective
   (``distill`` section's loss weights: L1 + feature maps to the teacher, GAN loss with a D
-  initialised from the teacher's, + ground truth when paired) for ``coevolution.finetune_steps``.
+  initialised from the teacher's, + ground truth when paired) for ``coevolution.finetune_steps``
+  (``extra_finetune_steps`` for the extra budgets' students).
 """
 
 from __future__ import annotations
@@ -152,13 +153,14 @@ def stage_prune_finetune(ctx: Context, out: Path) -> dict:
         student = compact_student(ctx, widths, d / name)
         parts = distill_parts(ctx, student, teacher, train, None)
         logs[str(widths)] = train_distill(
-            teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+            teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=cfg.steps_for(i), lr=cfg.finetune_lr,
             batch_size=job.distill.batch_size, seed=job.seed + 3 + i, conditional_d=train.paired,
             desc=f"prune-finetune {widths}", device=job.device, mixed_precision=job.mixed_precision,
             target_cache=targets)
         save_state(student, out / name)
     first = str(found[0][0])
-    return {"channel_config": first, "students": list(logs), "steps": cfg.finetune_steps, "losses": logs[first]}
+    return {"channel_config": first, "students": list(logs), "steps": [cfg.steps_for(i) for i in range(len(found))],
+            "losses": logs[first]}
 
 
 def _students(ctx: Context) -> list[Student]:
