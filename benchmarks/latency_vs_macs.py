@@ -23,8 +23,8 @@ values. Figures are for this CPU only, and ratios, not absolute times, are the r
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import random
 import sys
 import tempfile
 from pathlib import Path
@@ -37,7 +37,12 @@ sys.path.insert(0, str(ROOT))
 from compression_jobs.export import export_artifact  # noqa: E402
 from compression_jobs.gan_compression.search import macs_at  # noqa: E402
 from compression_jobs.hardware import resolve_hardware_tag  # noqa: E402
-from compression_jobs.latency_table import TableLatencyModel, config_macs, measure_interleaved  # noqa: E402
+from compression_jobs.latency_table import (  # noqa: E402
+    TableLatencyModel,
+    measure_interleaved,
+    pick_fastest,
+    random_configs,
+)
 from compression_jobs.models import mobile_resnet_generator, resnet_generator  # noqa: E402
 from compression_jobs.models.mobile import ChannelConfig  # noqa: E402
 from compression_jobs.models.supernet import ChannelSpace  # noqa: E402
@@ -50,21 +55,6 @@ STUDENTS = [
     "16_32_64_64_64_64_32_16",  # ~40x
     "16_16_32_16_32_32_16_16",  # the GAN Compression-style string example
 ]
-
-
-def pick_fastest(lut: TableLatencyModel, space: ChannelSpace, target_macs: int, candidates: int, seed: int,
-                 size: int) -> ChannelConfig | None:
-    """The config the table predicts fastest among random ones with 95-100 % of `target_macs`."""
-    rng = random.Random(seed)
-    best, best_ms = None, float("inf")
-    for _ in range(candidates):
-        cfg = space.sample(rng)
-        macs = config_macs(cfg, 9, size)
-        if 0.95 * target_macs <= macs <= target_macs:
-            ms = lut.predict_config(cfg)
-            if ms < best_ms:
-                best, best_ms = cfg, ms
-    return best
 
 
 def main() -> None:
@@ -87,10 +77,11 @@ def main() -> None:
         table = OpTable.model_validate_json(args.table.read_text())
         space = ChannelSpace.from_multipliers(ChannelConfig.full(64))
         lut = TableLatencyModel.for_space(table, space, 9, resolution=args.size, fast_graph=True)
+        candidates = random_configs(space, args.candidates, seed=0)
         for cfg in STUDENTS:
             if space.contains(cfg):
                 target = macs_at(mobile_resnet_generator(cfg, n_blocks=9), args.size)
-                pick = pick_fastest(lut, space, target, args.candidates, 0, args.size)
+                pick = pick_fastest(lut, candidates, min_macs=math.ceil(0.95 * target), max_macs=target)
                 if pick is not None and str(pick) != cfg:
                     models.append((f"pick for {cfg}: {pick}", str(pick), mobile_resnet_generator(pick, n_blocks=9)))
     rows, paths, shapes = [], {}, {}

@@ -30,7 +30,7 @@ from compression_jobs.baselines import trivial_baselines
 from compression_jobs.checkpoints import resolve_generator
 from compression_jobs.coevolution.prune import magnitude_prune
 from compression_jobs.counting import count_macs
-from compression_jobs.data import DataConfig, ImageSet
+from compression_jobs.data import DataConfig, ImageSet, resolve_root
 from compression_jobs.gan_compression.evaluate import fidelity, outputs
 from compression_jobs.metrics import ssim
 from compression_jobs.pretrained import require_vintagify_teacher
@@ -47,6 +47,29 @@ def reinit(net: torch.nn.Module, seed: int) -> torch.nn.Module:
         if hasattr(m, "reset_parameters") and m is not net:
             m.reset_parameters()
     return net
+
+
+def distill_data(data: str, max_train: int | None, cache: Path,
+                 test_data: str | None = None) -> tuple[torch.nn.Module, dict, ImageSet, ImageSet]:
+    """The vintagify teacher, its outputs as pseudo-targets, and the photo sets they are for.
+
+    Photos are the left halves of `data` (pix2pix layout): training photos at 144 px (crops are
+    cut from them), held-out photos at 128 px (from `test_data`'s test split when given). The teacher's outputs are computed once and cached in
+    `cache` with these settings; a cache made with other settings is rebuilt, not reused.
+    Returns (teacher, {"src", "tgt", "test_src", "test_t"}, train set, held-out set)."""
+    teacher, _ = resolve_generator(require_vintagify_teacher())
+    cfg = DataConfig(root=data, direction="AtoB", targets=False, load_size=144, crop_size=128, max_train=max_train)
+    test_cfg = cfg.model_copy(update={"root": test_data}) if test_data else cfg
+    train_set, test = ImageSet(cfg, "train"), ImageSet(test_cfg, "test")
+    meta = {"data": str(resolve_root(data).resolve()), "test_data": str(resolve_root(test_data or data).resolve()),
+            "max_train": max_train, "load_size": 144, "crop_size": 128,
+            "n_train": len(train_set.source), "n_test": len(test.source)}
+    c = torch.load(cache, weights_only=True) if cache.is_file() else {}
+    if c.get("meta") != meta:
+        c = {"src": train_set.source, "tgt": outputs(teacher, train_set, 8), "test_src": test.source,
+             "test_t": outputs(teacher, test, 8), "meta": meta}
+        torch.save(c, cache)
+    return teacher, c, train_set, test
 
 
 def train(student, src, tgt, *, steps, crop, batch, lr, loss, schedule, seed, on_eval=None, eval_every=0,
@@ -144,20 +167,7 @@ def main() -> None:
         plot_curve(args.logs, args.plot)
         return
     torch.set_num_threads(args.threads)
-    teacher, _ = resolve_generator(require_vintagify_teacher())
-    cfg = DataConfig(root=args.data, direction="AtoB", targets=False, load_size=144, crop_size=128,
-                     max_train=args.max_train)
-    test_cfg = cfg.model_copy(update={"root": args.test_data}) if args.test_data else cfg
-    cache = Path(args.cache)
-    if cache.is_file():
-        c = torch.load(cache, weights_only=True)
-    else:
-        train_set, test = ImageSet(cfg, "train"), ImageSet(test_cfg, "test")
-        c = {"src": train_set.source, "tgt": outputs(teacher, train_set, 8), "test_src": test.source,
-             "test_t": outputs(teacher, test, 8)}
-        torch.save(c, cache)
-    test = ImageSet(test_cfg, "test")
-    train_set = ImageSet(cfg, "train")
+    teacher, c, train_set, test = distill_data(args.data, args.max_train, Path(args.cache), args.test_data)
     base = {b.name: b.ssim_to_teacher for b in trivial_baselines(test, train_set, c["test_t"], 8)}
     t_macs = count_macs(teacher, 256)
     print(json.dumps({"baselines": base, "teacher_gmacs": t_macs / 1e9, "train_images": len(c["src"])}), flush=True)

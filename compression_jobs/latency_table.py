@@ -37,7 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -364,3 +364,38 @@ def config_macs(config: ChannelConfig | str | Sequence[int], n_blocks: int, reso
     """A config's MACs as the sum of its blocks' (equals counting the whole network; cached per block,
     so scanning thousands of configs is cheap)."""
     return sum(block_macs(k, resolution) for k in block_keys(config, n_blocks))
+
+
+def random_configs(space: ChannelSpace, n: int, seed: int = 0) -> list[ChannelConfig]:
+    """`n` seeded random draws from `space` (repeats possible): the candidates the picks below scan."""
+    rng = random.Random(seed)
+    return [space.sample(rng) for _ in range(n)]
+
+
+def pick_fastest(lut: TableLatencyModel, configs: Iterable[ChannelConfig], *, max_macs: int,
+                 min_macs: int = 0) -> ChannelConfig | None:
+    """The config the table predicts fastest among `configs` with `min_macs` <= MACs <= `max_macs`
+    (MACs at the table's resolution); None when none is in that window.
+
+    With a window just under a student's MACs this is "as many MACs, less time": what MACs cannot
+    rank (full-resolution channels cost far more per MAC than trunk channels)."""
+    best, best_ms = None, float("inf")
+    for cfg in configs:
+        if min_macs <= config_macs(cfg, lut.n_blocks, lut.table.resolution) <= max_macs:
+            ms = lut.predict_config(cfg)
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+    return best
+
+
+def pick_most_macs(lut: TableLatencyModel, configs: Iterable[ChannelConfig], *, max_ms: float) -> ChannelConfig | None:
+    """The config with the most MACs among `configs` the table predicts no slower than `max_ms`
+    (ties: the faster one); None when none is that fast. "More capacity at the same speed"."""
+    best, best_key = None, (-1, 0.0)
+    for cfg in configs:
+        ms = lut.predict_config(cfg)
+        if ms <= max_ms:
+            key = (config_macs(cfg, lut.n_blocks, lut.table.resolution), -ms)
+            if key > best_key:
+                best, best_key = cfg, key
+    return best

@@ -23,7 +23,10 @@ from compression_jobs.latency_table import (
     block_keys,
     config_macs,
     fetch_table,
+    pick_fastest,
+    pick_most_macs,
     profile_ops,
+    random_configs,
     segment,
     space_keys,
 )
@@ -185,6 +188,31 @@ def test_search_under_a_latency_budget_for_another_device(registry):
     assert macs_at(sn, 256, {"config": big}) > macs_at(sn, 256, {"config": small})
     assert lut.predict_config(big) <= budget < lut.predict_config(small)
     assert by[res.chosen[0]].macs == macs_at(sn.extract(res.chosen[0]), 256)
+
+
+def test_table_picks_as_many_macs_in_less_time_and_more_macs_in_the_same_time():
+    """pick_fastest / pick_most_macs on a pretend device whose 16-wide head costs 50 ms: MACs alone
+    would keep the slow head, the table trades it for trunk width."""
+    space = _space()
+    lut = TableLatencyModel.for_space(_synthetic_table("phone-x", space, 3), space, 3, resolution=256)
+    configs = list(space.all_configs())
+    uniform = ChannelConfig.parse(TINY_MAX)  # the largest config: head 16 wide, slow on phone-x
+    macs = {c: config_macs(c, 3, 256) for c in configs}
+    lo = int(0.8 * macs[uniform])
+    fast = pick_fastest(lut, configs, min_macs=lo, max_macs=macs[uniform])
+    window = [c for c in configs if lo <= macs[c] <= macs[uniform]]
+    assert fast in window and fast[7] == 8 and uniform[7] == 16
+    assert lut.predict_config(fast) == min(lut.predict_config(c) for c in window) < lut.predict_config(uniform)
+    assert pick_fastest(lut, configs, min_macs=macs[uniform] + 1, max_macs=macs[uniform] + 2) is None
+    # more capacity at no more predicted time than a small config with the slow head
+    small = ChannelConfig.parse("8_16_32_32_32_32_16_16")
+    roomy = pick_most_macs(lut, configs, max_ms=lut.predict_config(small))
+    assert macs[roomy] == max(macs[c] for c in configs if lut.predict_config(c) <= lut.predict_config(small))
+    assert macs[roomy] > macs[small] and roomy[7] == 8
+    assert pick_most_macs(lut, configs, max_ms=-1.0) is None
+    # seeded candidates: the same list for the same seed, every draw from the space
+    drawn = random_configs(space, 50, seed=3)
+    assert drawn == random_configs(space, 50, seed=3) and all(space.contains(c) for c in drawn)
 
 
 def test_missing_table_for_another_device_is_a_clear_error(registry):
