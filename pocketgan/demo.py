@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 CHANNEL = "production"
 IMPOSSIBLE_BUDGET_MS = 1.0  # below anything a generator can do here: shows the no-eligible path
 ROLLOUT_DEVICE_CLASS = "phone-high"  # policy `smallest` (the default): each roll-out shows its newest, smallest model
+BUDGET_RANGE_MS = (1.0, 60000.0)  # the service's default min/max latency budget: a request outside is a 400
 QUALITY_DEVICE_CLASS = "desktop"  # the demo gives it the `best-quality` policy: the best model that fits the budget
 
 
@@ -196,7 +197,8 @@ def quality_budgets(results: list[Translation], teacher_id: str, student_id: str
     t, s = expected(teacher_id), expected(student_id)
     if t is None or s is None or s >= t:
         return None
-    return round(math.sqrt(t * s), 1), round(2 * t, 1)
+    lo, hi = BUDGET_RANGE_MS
+    return max(lo, round(math.sqrt(t * s), 1)), min(hi, round(2 * t, 1))
 
 
 def best_quality_picks(url: str, task: str, sample: Sample, results: list[Translation], teacher_id: str,

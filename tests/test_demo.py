@@ -90,3 +90,20 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         assert state["prune-finetune"]["info"]["steps"] == [2, 3]  # the 30x student's own step count
     finally:
         subprocess.run([str(PKG_BIN), "s3", "down", "--dir", str(work / "s3")], env=env, capture_output=True)
+
+
+def test_best_quality_budgets_come_from_the_services_expectations_and_stay_legal() -> None:
+    """A tight budget between the student's and the teacher's expected latency, a generous one at twice
+    the teacher's; none when the service gave no expectation or the student is not faster; always
+    within the service's accepted budget range."""
+    from pocketgan.demo import Translation, quality_budgets
+
+    def served(aid: str, expected: float | None) -> Translation:
+        return Translation(image="1.jpg", budget_ms=150, artifact_id=aid, method="m", latency_ms=1.0,
+                           expected_ms=expected, budget_met=True, no_eligible=False, output=Path("x.png"))
+
+    assert quality_budgets([served("t", 300), served("s", 40)], "t", "s") == (109.5, 600.0)
+    assert quality_budgets([served("t", 0.9), served("s", 0.2)], "t", "s")[0] == 1.0
+    assert quality_budgets([served("t", 40000), served("s", 400)], "t", "s")[1] == 60000.0
+    assert quality_budgets([served("t", 30), served("s", 40)], "t", "s") is None
+    assert quality_budgets([served("t", None), served("s", 40)], "t", "s") is None
