@@ -54,8 +54,9 @@ def distill_data(data: str, max_train: int | None, cache: Path,
     """The vintagify teacher, its outputs as pseudo-targets, and the photo sets they are for.
 
     Photos are the left halves of `data` (pix2pix layout): training photos at 144 px (crops are
-    cut from them), held-out photos at 128 px (from `test_data`'s test split when given). The teacher's outputs are computed once and cached in
-    `cache` with these settings; a cache made with other settings is rebuilt, not reused.
+    cut from them), held-out photos at 128 px (from `test_data`'s test split when given). The
+    teacher's outputs are computed once and cached in `cache` with these settings; a cache made with
+    other settings is rebuilt, not reused.
     Returns (teacher, {"src", "tgt", "test_src", "test_t"}, train set, held-out set)."""
     teacher, _ = resolve_generator(require_vintagify_teacher())
     cfg = DataConfig(root=data, direction="AtoB", targets=False, load_size=144, crop_size=128, max_train=max_train)
@@ -194,7 +195,8 @@ def main() -> None:
             with torch.no_grad():
                 m = fidelity(student, test, c["test_t"], 8)
             print(json.dumps({"variant": variant, "ratio": round(t_macs / macs, 1), "widths": str(student.config),
-                              "steps": args.steps, "crop": args.crop, "flip": args.flip, "train_images": len(c["src"]), "batch": args.batch, "lr": args.lr,
+                              "steps": args.steps, "crop": args.crop, "flip": args.flip,
+                              "train_images": len(c["src"]), "batch": args.batch, "lr": args.lr,
                               "cpu_s": round(cpu_seconds() - c0), "wall_s": round(time.time() - w0),
                               "ssim_t": round(m["ssim_to_teacher"], 4), "psnr_t": round(m["psnr_to_teacher"], 2),
                               "beats_identity": m["ssim_to_teacher"] > base["identity"]}), flush=True)

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 CHANNEL = "production"
 IMPOSSIBLE_BUDGET_MS = 1.0  # below anything a generator can do here: shows the no-eligible path
 ROLLOUT_DEVICE_CLASS = "phone-high"  # policy `smallest` (the default): each roll-out shows its newest, smallest model
-BUDGET_RANGE_MS = (1.0, 60000.0)  # the service's default min/max latency budget: a request outside is a 400
 QUALITY_DEVICE_CLASS = "desktop"  # the demo gives it the `best-quality` policy: the best model that fits the budget
 
 
@@ -194,10 +193,14 @@ def quality_budgets(results: list[Translation], teacher_id: str, student_id: str
         xs = [r.expected_ms for r in results if r.artifact_id == aid and r.expected_ms is not None]
         return max(xs) if xs else None
 
+    from service.settings import ServiceSettings
+
     t, s = expected(teacher_id), expected(student_id)
     if t is None or s is None or s >= t:
         return None
-    lo, hi = BUDGET_RANGE_MS
+    # the service's accepted budget range (the demo runs it with the defaults): a budget outside is a 400
+    fields = ServiceSettings.model_fields
+    lo, hi = fields["min_budget_ms"].default, fields["max_budget_ms"].default
     return max(lo, round(math.sqrt(t * s), 1)), min(hi, round(2 * t, 1))
 
 
@@ -281,8 +284,9 @@ def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[
     then the largest student, then the next), translating held-out photos after each roll-out; then
     an impossible budget, and the `best-quality` policy (device class `desktop`) at a tight and a
     generous budget, which select a student and the teacher. Writes input | teacher | each served
-    student side by side with MACs, served latency and SSIM to the teacher. The S3 server keeps running afterwards (the printed `export`
-    lines reach it; `pocketgan s3 down --dir WORKDIR/s3` stops it).
+    student side by side with MACs, served latency and SSIM to the teacher. The S3 server keeps
+    running afterwards (the printed `export` lines reach it; `pocketgan s3 down --dir WORKDIR/s3`
+    stops it).
     """
     from compression_jobs.compress_cli import parse_overrides
     from compression_jobs.data import load_samples
