@@ -26,7 +26,7 @@ from compression_jobs.pipeline import (
     held_out,
     measure_quality,
     add_profile,
-    adopt_stage,
+    adopt_stages,
     completed_stages,
     get_method,
     macs_budget,
@@ -134,7 +134,7 @@ def run_compare(job: JobConfig, root: Path, *, registry: object | None = None, i
         ctx = Context(job_for(job, name), root / name, inception_weights, registry, publish_all=publish_all)
         contexts[name] = ctx
         if teacher_run is not None and not completed_stages(ctx.run_dir):
-            adopt_stage(teacher_run, ctx, "train-teacher")
+            adopt_stages(teacher_run, ctx, ["train-teacher"])
         echo(f"[compare] {name}")
         run_pipeline(ctx, resume=True, echo=echo)
         teacher_run = teacher_run or ctx.run_dir

@@ -351,6 +351,24 @@ def fetch_table(registry: object | None, hardware_tag: str, *, required: bool) -
         return None
 
 
+def read_table_file(path: str | Path, hardware_tag: str | None = None) -> OpTable:
+    """A table written by `pocketgan profile-ops --out FILE` (a device whose table never went to a
+    registry); ValueError naming the file when it is missing, too big, malformed or for another tag."""
+    from registry.errors import InvalidInput
+    from registry.optables import MAX_OPTABLE_BYTES, parse_optable
+
+    p = Path(path).expanduser()
+    try:
+        size = p.stat().st_size
+        if size > MAX_OPTABLE_BYTES:
+            raise ValueError(f"op table file {p} is {size} bytes, over the {MAX_OPTABLE_BYTES}-byte limit")
+        return parse_optable(p.read_bytes(), str(p), hardware_tag)
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+    except OSError as exc:
+        raise ValueError(f"op table file {p}: {exc.strerror or exc}") from None
+
+
 @functools.lru_cache(maxsize=4096)
 def block_macs(key: str, resolution: int, input_nc: int = 3, output_nc: int = 3) -> int:
     """MACs of block `key` at network input `resolution` (published convention, as in manifests)."""

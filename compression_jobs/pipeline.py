@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import yaml
@@ -548,23 +548,25 @@ def run_stage(ctx: Context, stage: str) -> dict:
     return info
 
 
-def adopt_stage(src_run: Path, ctx: Context, stage: str) -> None:
-    """Reuse another run's completed stage (e.g. one teacher for every method of a comparison):
-    copy its folder and record it as completed here, marked `shared_from`."""
-    src = read_state(src_run).get("completed", {}).get(stage)
-    if src is None:
-        raise RuntimeError(f"{src_run} has not completed stage {stage!r}")
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    state = read_state(ctx.run_dir)
-    digest = config_digest(ctx.job)
-    if state.get("completed"):
+def adopt_stages(src_run: Path, ctx: Context, stages: Sequence[str]) -> None:
+    """Reuse another run's completed stages (e.g. one teacher for every method of a comparison, one
+    trained supernet searched under several budgets): copy their folders and record them as
+    completed here, marked `shared_from`. Only into a fresh run dir."""
+    done = read_state(src_run).get("completed", {})
+    missing = [s for s in stages if s not in done]
+    if missing:
+        raise RuntimeError(f"{src_run} has not completed stage(s) {', '.join(map(repr, missing))}")
+    if read_state(ctx.run_dir).get("completed"):
         raise RuntimeError(f"{ctx.run_dir} already has completed stages; adopt only into a fresh run dir")
-    shutil.rmtree(ctx.stage_dir(stage), ignore_errors=True)
-    shutil.copytree(src_run / stage, ctx.stage_dir(stage))
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    completed = {}
+    for stage in stages:
+        shutil.rmtree(ctx.stage_dir(stage), ignore_errors=True)
+        shutil.copytree(src_run / stage, ctx.stage_dir(stage))
+        completed[stage] = {"seconds": 0.0, "info": {**done[stage].get("info", {}), "shared_from": str(src_run)}}
     (ctx.run_dir / "config.yaml").write_text(yaml.safe_dump(ctx.job.model_dump(mode="json"), sort_keys=False))
-    info = {**src.get("info", {}), "shared_from": str(src_run)}
-    _write_state(ctx.run_dir, {"config_digest": digest, "method": ctx.job.method,
-                               "completed": {stage: {"seconds": 0.0, "info": info}}})
+    _write_state(ctx.run_dir, {"config_digest": config_digest(ctx.job), "method": ctx.job.method,
+                               "completed": completed})
 
 
 def run_pipeline(ctx: Context, *, resume: bool = False, until: str | None = None,

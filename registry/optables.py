@@ -87,15 +87,23 @@ def get_optable(registry: "Registry", hardware_tag: str) -> OpTable:
     if info.size > MAX_OPTABLE_BYTES:
         raise InvalidInput(f"op table {key} is {info.size} bytes, over the {MAX_OPTABLE_BYTES}-byte limit")
     body, _ = registry.store.get(key)
+    return parse_optable(body, key, hardware_tag)
+
+
+def parse_optable(body: bytes, source: str, hardware_tag: str | None = None) -> OpTable:
+    """A table from JSON bytes (a registry object or a `profile-ops --out` file named `source`),
+    checked for size, schema and, when given, its hardware tag; InvalidInput otherwise."""
+    if len(body) > MAX_OPTABLE_BYTES:
+        raise InvalidInput(f"op table {source} is {len(body)} bytes, over the {MAX_OPTABLE_BYTES}-byte limit")
     try:
-        table = OpTable.model_validate(json.loads(body[:MAX_OPTABLE_BYTES]))
+        table = OpTable.model_validate(json.loads(body))
     except (ValueError, ValidationError) as exc:
         first = str(exc).splitlines()[0][:200]
-        raise InvalidInput(f"op table {key} is not a valid table: {first}") from None
+        raise InvalidInput(f"op table {source} is not a valid table: {first}") from None
     if table.schema_version != OPTABLE_SCHEMA:
-        raise InvalidInput(f"op table {key} has schema {table.schema_version}; this code reads {OPTABLE_SCHEMA}")
-    if table.hardware_tag != hardware_tag:
-        raise InvalidInput(f"op table {key} is for hardware tag {table.hardware_tag!r}, not {hardware_tag!r}")
+        raise InvalidInput(f"op table {source} has schema {table.schema_version}; this code reads {OPTABLE_SCHEMA}")
+    if hardware_tag is not None and table.hardware_tag != hardware_tag:
+        raise InvalidInput(f"op table {source} is for hardware tag {table.hardware_tag!r}, not {hardware_tag!r}")
     return table
 
 

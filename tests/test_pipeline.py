@@ -209,6 +209,74 @@ def test_latency_budget_search_fits_a_measured_latency_model(full_run, tmp_path)
         search({"search.hardware_tag": "arm64-android"}, "other")
 
 
+def test_latency_budget_search_reads_an_op_table_file(full_run, tmp_path):
+    """`search.latency_table`: a `profile-ops --out` file instead of a registry; the search obeys it,
+    measures nothing, and a missing, broken or foreign file is a clear error."""
+    from compression_jobs.gan_compression.stages import stage_search
+    from compression_jobs.hardware import resolve_hardware_tag
+    from compression_jobs.latency_table import space_keys
+    from compression_jobs.models.supernet import supernet
+    from registry.optables import OpTable
+
+    job = load_config("tiny")
+    space = supernet(ngf=16, n_blocks=3, multipliers=job.student.channel_choices).space
+    here = resolve_hardware_tag(None, "CPUExecutionProvider")
+    # a pretend table in which only the trunk width matters: predicted ms = sum of block-entry widths
+    entries = {k: float(k.partition("/")[2].split("-")[-1]) for k in space_keys(space, 3)}
+
+    def table(tag: str) -> str:
+        return OpTable(hardware_tag=tag, family="mobile-resnet", resolution=job.export.resolution, threads=1,
+                       runtime_version="1.0", execution_provider="CPUExecutionProvider", runs=1,
+                       export={"fast": job.export.fast_graph}, design={"n_blocks": 3, "input_nc": 3, "output_nc": 3},
+                       entries=entries).model_dump_json()
+
+    (tmp_path / "here.json").write_text(table(here))
+    (tmp_path / "other.json").write_text(table("phone-z"))
+    (tmp_path / "broken.json").write_text("{not json")
+
+    def search(file: str, budget: float, name: str) -> dict:
+        ctx = Context(load_config("tiny", {"search.macs_budget_ratio": None, "search.latency_budget_ms": budget,
+                                           "search.latency_table": str(tmp_path / file)}), full_run.run_dir)
+        out = tmp_path / name
+        out.mkdir()
+        stage_search(ctx, out)
+        assert not (out / "latency").exists()  # nothing measured here
+        return json.loads((out / "search.json").read_text())
+
+    loose = search("here.json", 1e6, "loose")
+    preds = sorted(c["predicted_latency_ms"] for c in loose["evaluated"])
+    assert loose["latency_model"]["kind"] == "op-table" and loose["hardware_tag"] == here
+    assert preds[0] < preds[-1]
+    budget = (preds[0] + preds[-1]) / 2
+    tight = search("here.json", budget, "tight")
+    by = {c["config"]: c for c in tight["evaluated"]}
+    assert tight["chosen"] and all(by[c]["predicted_latency_ms"] <= budget for c in tight["chosen"])
+    assert all(c["feasible"] == (c["predicted_latency_ms"] <= budget) for c in tight["evaluated"])
+    for file, match in (("missing.json", "op table file .*missing.json"), ("broken.json", "broken.json is not a valid"),
+                        ("other.json", "is for hardware tag 'phone-z'")):
+        with pytest.raises(ValueError, match=match):
+            search(file, 1e6, f"bad-{file}")
+
+
+def test_adopt_stages_shares_a_runs_stages_into_a_fresh_run_dir_only(full_run, tmp_path):
+    """One supernet, several searches: the adopted stages count as completed and are marked shared."""
+    from compression_jobs.pipeline import adopt_stages, read_state
+
+    shared = ["train-teacher", "distill", "train-supernet"]
+    ctx = Context(load_config("tiny", {"search.macs_budget_ratio": 0.2}), tmp_path / "arm")
+    adopt_stages(full_run.run_dir, ctx, shared)
+    assert completed_stages(ctx.run_dir) == shared
+    assert read_state(ctx.run_dir)["completed"]["distill"]["info"]["shared_from"] == str(full_run.run_dir)
+    assert (ctx.run_dir / "train-supernet" / "supernet.pth").read_bytes() == \
+        (full_run.run_dir / "train-supernet" / "supernet.pth").read_bytes()
+    run_pipeline(ctx, resume=True, until="search")  # the arm's own config continues from there
+    assert completed_stages(ctx.run_dir) == shared + ["search"]
+    with pytest.raises(RuntimeError, match="adopt only into a fresh run dir"):
+        adopt_stages(full_run.run_dir, ctx, shared)
+    with pytest.raises(RuntimeError, match=r"has not completed stage\(s\) 'finetune'"):
+        adopt_stages(tmp_path / "arm", Context(ctx.job, tmp_path / "arm2"), ["search", "finetune"])
+
+
 def test_unpaired_cyclegan_data_runs_through_finetune(tmp_path):
     """CycleGAN layout: teacher from trainA/trainB, unconditional D, no ground-truth term."""
     make_unpaired_data(tmp_path / "data")

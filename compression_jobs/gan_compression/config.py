@@ -98,6 +98,9 @@ class SearchConfig(_Cfg):
     macs_budget_ratio: float | None = Field(default=None, description="budget as a fraction of the teacher's MACs")
     latency_budget_ms: float | None = None
     hardware_tag: str | None = Field(default=None, description="tag the latency budget applies to (default: this machine)")
+    latency_table: str | None = Field(default=None, description=(
+        "op latency table JSON (`pocketgan profile-ops --out FILE`) to predict latency from instead of the "
+        "registry's table for the tag; its hardware tag must be the search's"))
     latency_points: int = Field(default=5, ge=2, description="configs measured to fit the latency model")
     population: int = 16
     generations: int = 5

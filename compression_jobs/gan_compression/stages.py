@@ -94,15 +94,18 @@ def stage_train_supernet(ctx: Context, out: Path) -> dict:
 
 
 def _fit_latency(ctx: Context, sn: SuperMobileResnetGenerator, out: Path) -> LatencyPredictor:
-    """The tag's op latency table from the registry when it has one (any device), else, for this
-    machine only, a few configs measured here and a fit of ms ≈ a + b·MACs."""
+    """The tag's op latency table (`search.latency_table`'s file, else the registry's when it has
+    one: any device), else, for this machine only, a few configs measured here and a fit of ms ≈ a + b·MACs."""
     from compression_jobs.hardware import resolve_hardware_tag
-    from compression_jobs.latency_table import TableLatencyModel, fetch_table
+    from compression_jobs.latency_table import TableLatencyModel, fetch_table, read_table_file
 
     s = ctx.job.search
     here = resolve_hardware_tag(None, profile_provider(ctx.job))
     tag = resolve_hardware_tag(s.hardware_tag) if s.hardware_tag else here
-    table = fetch_table(ctx.registry, tag, required=tag != here)
+    if s.latency_table:
+        table = read_table_file(s.latency_table, tag)
+    else:
+        table = fetch_table(ctx.registry, tag, required=tag != here)
     if table is not None:
         return TableLatencyModel.for_space(table, sn.space, sn.n_blocks, resolution=ctx.job.export.resolution,
                                            input_nc=sn.input_nc, output_nc=sn.output_nc,
