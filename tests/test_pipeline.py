@@ -258,6 +258,19 @@ def test_latency_budget_search_reads_an_op_table_file(full_run, tmp_path):
             search(file, 1e6, f"bad-{file}")
 
 
+def test_finetune_computes_the_cached_teacher_outputs_once_for_all_chosen_configs(full_run, tmp_path, monkeypatch):
+    from compression_jobs.gan_compression import distill
+    from compression_jobs.gan_compression.stages import stage_finetune
+
+    calls = []
+    real = distill.teacher_target_set
+    monkeypatch.setattr(distill, "teacher_target_set", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ctx = Context(load_config("tiny", {"distill.cache_teacher": True, "distill.distill_layers": 0,
+                                       "distill.lambda_gan": 0.0, "finetune.steps": 1}), full_run.run_dir)
+    info = stage_finetune(ctx, tmp_path)
+    assert len(info["finetuned"]) >= 2 and len(calls) == 1
+
+
 def test_adopt_stages_shares_a_runs_stages_into_a_fresh_run_dir_only(full_run, tmp_path):
     """One supernet, several searches: the adopted stages count as completed and are marked shared."""
     from compression_jobs.pipeline import adopt_stages, read_state

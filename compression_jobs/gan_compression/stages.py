@@ -171,6 +171,7 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
     train = ImageSet(job.data, "train")
     sn = _trained_supernet(ctx, "train-supernet")
     results = {}
+    targets: dict = {}  # cache_teacher: the teacher's outputs computed once for every chosen config
     for i, cfg in enumerate(_chosen(ctx)):
         seed_everything(job.seed * 100 + 50 + i, job.deterministic)
         student = sn.extract(cfg)
@@ -178,7 +179,7 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
         log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.finetune.steps,
                             lr=job.finetune.lr, batch_size=job.distill.batch_size, seed=job.seed + 2 + i,
                             conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device,
-                            mixed_precision=job.mixed_precision)
+                            mixed_precision=job.mixed_precision, target_cache=targets)
         save_state(student, out / cfg / STUDENT_FILE)
         results[cfg] = log
     return {"finetuned": list(results), "losses": results}
