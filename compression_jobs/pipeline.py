@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ SHARED_TAIL: tuple[str, ...] = ("export", "publish")
 DEFAULT_METHOD: str = JobConfig.model_fields["method"].default
 """A config's `method:` when it names none (gan-compression), and a run's when its state.json predates the field."""
 STATE_FILE = "state.json"
+CACHE_DIR = "cache"  # data a run computes once for several stages (not a stage output)
 
 
 class StageFailed(RuntimeError):
@@ -165,6 +167,12 @@ def distill_parts(ctx: Context, student: torch.nn.Module, teacher: torch.nn.Modu
         if d_path.is_file():
             D.load_state_dict(load_state(d_path))
     return DistillParts(student, mapper, D, t_layers, s_layers)
+
+
+def teacher_outputs_store(ctx: Context) -> Path:
+    """Where `distill.cache_teacher` keeps the teacher's outputs on the training images for every
+    stage of the run (checked against the teacher and images before use)."""
+    return ctx.run_dir / CACHE_DIR / "teacher-train-outputs.pt"
 
 
 def held_out(ctx: Context) -> tuple[ImageSet, torch.Tensor, torch.nn.Module]:
@@ -564,9 +572,19 @@ def adopt_stages(src_run: Path, ctx: Context, stages: Sequence[str]) -> None:
         shutil.rmtree(ctx.stage_dir(stage), ignore_errors=True)
         shutil.copytree(src_run / stage, ctx.stage_dir(stage))
         completed[stage] = {"seconds": 0.0, "info": {**done[stage].get("info", {}), "shared_from": str(src_run)}}
+    if (src_run / CACHE_DIR).is_dir() and not (ctx.run_dir / CACHE_DIR).exists():
+        shutil.copytree(src_run / CACHE_DIR, ctx.run_dir / CACHE_DIR, copy_function=_link_or_copy)
     (ctx.run_dir / "config.yaml").write_text(yaml.safe_dump(ctx.job.model_dump(mode="json"), sort_keys=False))
     _write_state(ctx.run_dir, {"config_digest": config_digest(ctx.job), "method": ctx.job.method,
                                "completed": completed})
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Caches are never written in place (replaced whole), so a hard link is a safe, free copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def run_pipeline(ctx: Context, *, resume: bool = False, until: str | None = None,

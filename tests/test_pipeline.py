@@ -271,6 +271,33 @@ def test_finetune_computes_the_cached_teacher_outputs_once_for_all_chosen_config
     assert len(info["finetuned"]) >= 2 and len(calls) == 1
 
 
+def test_cached_teacher_outputs_are_kept_between_stages_and_checked_before_use(full_run, tmp_path, monkeypatch):
+    """distill.cache_teacher: one teacher pass per run (the file in run_dir/cache), not one per stage;
+    a cache made by other weights or images, or a corrupt one, is recomputed, never used."""
+    from compression_jobs.data import ImageSet
+    from compression_jobs.gan_compression import distill
+    from compression_jobs.pipeline import run_teacher, teacher_outputs_store
+
+    ctx = Context(load_config("tiny"), full_run.run_dir)
+    teacher, train = run_teacher(ctx), ImageSet(ctx.job.data, "train")
+    store = tmp_path / "cache" / "t.pt"
+    passes = []
+    real_progress = distill.progress
+    monkeypatch.setattr(distill, "progress", lambda it, n, desc: passes.append(desc) or real_progress(it, n, desc))
+    first = distill.teacher_target_set(teacher, train, store=store)
+    again = distill.teacher_target_set(teacher, train, store=store)
+    assert len(passes) == 1 and torch.equal(first.target, again.target)
+    assert torch.equal(first.target, distill.teacher_target_set(teacher, train).target)  # the same as uncached
+    with torch.no_grad():
+        next(teacher.parameters()).add_(0.5)  # other weights: recomputed
+    changed = distill.teacher_target_set(teacher, train, store=store)
+    assert len(passes) == 3 and not torch.equal(changed.target, first.target)
+    store.write_bytes(b"not a torch file")
+    distill.teacher_target_set(teacher, train, store=store)
+    assert len(passes) == 4
+    assert teacher_outputs_store(ctx).parent == ctx.run_dir / "cache"
+
+
 def test_adopt_stages_shares_a_runs_stages_into_a_fresh_run_dir_only(full_run, tmp_path):
     """One supernet, several searches: the adopted stages count as completed and are marked shared."""
     from compression_jobs.pipeline import adopt_stages, read_state
@@ -282,6 +309,11 @@ def test_adopt_stages_shares_a_runs_stages_into_a_fresh_run_dir_only(full_run, t
     assert read_state(ctx.run_dir)["completed"]["distill"]["info"]["shared_from"] == str(full_run.run_dir)
     assert (ctx.run_dir / "train-supernet" / "supernet.pth").read_bytes() == \
         (full_run.run_dir / "train-supernet" / "supernet.pth").read_bytes()
+    (full_run.run_dir / "cache").mkdir(exist_ok=True)
+    (full_run.run_dir / "cache" / "x.pt").write_bytes(b"cached")
+    adopt_stages(full_run.run_dir, Context(ctx.job, tmp_path / "arm3"), shared)
+    assert (tmp_path / "arm3" / "cache" / "x.pt").read_bytes() == b"cached"  # the run's cache comes along
+    (full_run.run_dir / "cache" / "x.pt").unlink()
     run_pipeline(ctx, resume=True, until="search")  # the arm's own config continues from there
     assert completed_stages(ctx.run_dir) == shared + ["search"]
     with pytest.raises(RuntimeError, match="adopt only into a fresh run dir"):

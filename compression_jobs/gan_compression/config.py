@@ -82,7 +82,8 @@ class DistillConfig(_Cfg):
         "training crop side (None: data.crop_size); smaller crops = cheaper steps, evaluation stays at data.crop_size"))
     cache_teacher: bool = Field(default=False, description=(
         "compute the teacher's outputs on the training images once (at data.load_size) and crop them with the inputs; "
-        "used when no feature distillation needs the teacher's activations (distill_layers 0)"))
+        "used when no feature distillation needs the teacher's activations (distill_layers 0). GAN Compression keeps "
+        "them for all its stages in <run dir>/cache/ (checked against the teacher's weights and the images)"))
 
 
 class SupernetConfig(_Cfg):

@@ -14,8 +14,11 @@ from the teacher's, and with paired data an extra L1 to the ground truth.
 from __future__ import annotations
 
 import copy
+import hashlib
+import pickle
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -75,17 +78,46 @@ def _cond(x: torch.Tensor, y: torch.Tensor, conditional: bool) -> torch.Tensor:
 ConfigSampler = Callable[[int], ChannelConfig | None]
 
 
+def _fingerprint(teacher: nn.Module, source: torch.Tensor, device: str) -> str:
+    """What the teacher's outputs on `source` depend on: its weights (and buffers), the images, the device."""
+    h = hashlib.sha256(device.encode())
+    for name, t in teacher.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(str(tuple(source.shape)).encode())
+    h.update(source.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def teacher_target_set(teacher: nn.Module, train: ImageSet, batch_size: int = 8, crop: int | None = None,
-                       device: str = "cpu") -> ImageSet:
+                       device: str = "cpu", store: Path | None = None) -> ImageSet:
     """`train` with the teacher's outputs (on the whole images at load size) as paired targets, so that
-    every training crop comes with the teacher's output for that crop without a teacher forward pass."""
-    dev = torch.device(device)
-    teacher.eval().to(dev)
-    starts = range(0, len(train), batch_size)
-    outs = torch.cat([teacher(train.source[i : i + batch_size].to(dev)).cpu()
-                      for i in progress(starts, len(starts), f"teacher outputs ({len(train)} images, cached once)")])
-    teacher.cpu()
+    every training crop comes with the teacher's output for that crop without a teacher forward pass.
+
+    `store`: a file that keeps the outputs between stages (one teacher pass per run, not per stage);
+    used only when it was made from the same teacher weights and images, else recomputed and replaced."""
+    fingerprint = _fingerprint(teacher, train.source, device) if store is not None else ""
+    outs = None
+    if store is not None and store.is_file():
+        try:
+            saved = torch.load(store, weights_only=True)
+            if saved.get("fingerprint") == fingerprint:
+                outs = saved["outputs"]
+        except (OSError, RuntimeError, KeyError, AttributeError, pickle.UnpicklingError):
+            outs = None  # unreadable cache: recompute
+    if outs is None:
+        dev = torch.device(device)
+        teacher.eval().to(dev)
+        starts = range(0, len(train), batch_size)
+        outs = torch.cat([teacher(train.source[i : i + batch_size].to(dev)).cpu()
+                          for i in progress(starts, len(starts), f"teacher outputs ({len(train)} images, cached once)")])
+        teacher.cpu()
+        if store is not None:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp = store.with_name(store.name + ".tmp")
+            torch.save({"fingerprint": fingerprint, "outputs": outs}, tmp)
+            tmp.replace(store)
     out = copy.copy(train)
     out.target, out.paired = outs, True
     if crop is not None:
@@ -117,6 +149,7 @@ def train_distill(
     device: str = "cpu",
     mixed_precision: str = "off",
     target_cache: dict | None = None,
+    target_store: Path | None = None,
 ) -> dict[str, float]:
     """Run `steps` distillation steps in place on `parts`; returns the last step's losses.
 
@@ -124,7 +157,8 @@ def train_distill(
     Under an initialised process group (torchrun) each rank trains on its share of every batch
     and gradients are averaged over ranks (`batch_sync.BatchSync`): the same result as one process.
     `target_cache`: a dict the caller passes to every student trained from the same teacher and
-    images, so the teacher's cached outputs are computed once, not once per student.
+    images, so the teacher's cached outputs are computed once, not once per student;
+    `target_store`: a file that keeps them between stages (see `teacher_target_set`).
     """
     sync = BatchSync.current()
     teacher.eval()
@@ -153,7 +187,7 @@ def train_distill(
         key = (id(teacher), id(train), cfg.train_crop, device)
         cache = target_cache if target_cache is not None else {}
         if key not in cache:
-            cache[key] = teacher_target_set(teacher, train, crop=cfg.train_crop, device=device)
+            cache[key] = teacher_target_set(teacher, train, crop=cfg.train_crop, device=device, store=target_store)
         train_for_stream = cache[key]
     else:
         train_for_stream = _with_crop(train, cfg.train_crop)

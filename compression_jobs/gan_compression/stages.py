@@ -34,6 +34,7 @@ from compression_jobs.pipeline import (
     profile_provider,
     read_state,
     run_teacher,
+    teacher_outputs_store,
 )
 
 STAGES: tuple[str, ...] = ("distill", "train-supernet", "search", "finetune")
@@ -72,7 +73,8 @@ def stage_distill(ctx: Context, out: Path) -> dict:
     log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.distill.steps,
                         lr=job.distill.lr, batch_size=job.distill.batch_size, seed=job.seed,
                         conditional_d=train.paired, sample_config=lambda _k: largest, desc="distill (largest student)",
-                        device=job.device, mixed_precision=job.mixed_precision)
+                        device=job.device, mixed_precision=job.mixed_precision,
+                        target_store=teacher_outputs_store(ctx))
     _save_parts(parts, out, SUPERNET_FILE)
     return {"losses": log, "max_config": str(largest)}
 
@@ -88,7 +90,7 @@ def stage_train_supernet(ctx: Context, out: Path) -> dict:
                         conditional_d=train.paired,
                         sample_config=supernet_sampler(sn.space, job.seed, job.supernet.sandwich),
                         desc="train-supernet (once-for-all)", device=job.device,
-                        mixed_precision=job.mixed_precision)
+                        mixed_precision=job.mixed_precision, target_store=teacher_outputs_store(ctx))
     _save_parts(parts, out, SUPERNET_FILE)
     return {"losses": log, "space_size": sn.space.size}
 
@@ -179,7 +181,8 @@ def stage_finetune(ctx: Context, out: Path) -> dict:
         log = train_distill(teacher=teacher, parts=parts, train=train, cfg=job.distill, steps=job.finetune.steps,
                             lr=job.finetune.lr, batch_size=job.distill.batch_size, seed=job.seed + 2 + i,
                             conditional_d=train.paired, desc=f"finetune {cfg}", device=job.device,
-                            mixed_precision=job.mixed_precision, target_cache=targets)
+                            mixed_precision=job.mixed_precision, target_cache=targets,
+                            target_store=teacher_outputs_store(ctx))
         save_state(student, out / cfg / STUDENT_FILE)
         results[cfg] = log
     return {"finetuned": list(results), "losses": results}
