@@ -134,23 +134,25 @@ def plot(logs: list[Path], out: Path, threads: int) -> None:
         raise SystemExit(f"no result lines with {threads}-thread latency in {', '.join(map(str, logs))}")
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    marks = {"macs": ("s", "tab:blue", "MACs budget (today's search)")}
-    seen = set()
-    for r in sorted(rows, key=lambda r: (r["seed"], r["result"])):
-        marker, color, label = marks.get(r["result"], ("o", "tab:orange", "latency budget (op table)"))
-        x, y = r["p50_ms"][str(threads)], r["ssim_t"]
-        ax.plot([x], [y], marker, color=color, ms=8, label=None if label in seen else label)
-        seen.add(label)
-        ax.annotate(f"{r['result']} s{r['seed']}\n{r['gmacs']:.2f} G", (x, y), textcoords="offset points",
-                    xytext=(6, -4), fontsize=7)
+    colors = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive"]
     for seed in sorted({r["seed"] for r in rows}):
-        ident = next((r["identity_ssim"] for r in rows if r["seed"] == seed and r["identity_ssim"] is not None), None)
-        if ident is not None and "identity" not in seen:
-            ax.axhline(ident, color="tab:red", ls="--", label=f"baseline: identity ({ident:.3f})")
-            seen.add("identity")
+        mine = sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["p50_ms"][str(threads)])
+        color = colors[seed % len(colors)]
+        ax.plot([r["p50_ms"][str(threads)] for r in mine], [r["ssim_t"] for r in mine], "-", color=color, alpha=0.3)
+        for r in mine:
+            macs = r["result"] == "macs"
+            x, y = r["p50_ms"][str(threads)], r["ssim_t"]
+            ax.plot([x], [y], "s" if macs else "o", color=color, ms=9 if macs else 7, mfc="white" if macs else color)
+            ax.annotate(r["result"], (x, y), textcoords="offset points", xytext=(5, -11 if macs else 5), fontsize=7)
+        ax.plot([], [], "-o", color=color, label=f"seed {seed}")
+    ax.plot([], [], "s", color="gray", mfc="white", label="MACs budget (today's search)")
+    ax.plot([], [], "o", color="gray", label="latency budget (op table)")
+    ident = next((r["identity_ssim"] for r in rows if r["identity_ssim"] is not None), None)
+    if ident is not None:
+        ax.axhline(ident, color="tab:red", ls="--", label=f"baseline: identity ({ident:.3f})")
     ax.set_xlabel(f"measured p50 latency, 256x256, ONNX Runtime CPU, {threads} thread(s) (ms)")
     ax.set_ylabel("SSIM to the teacher (held-out photos)")
-    ax.set_title("Search under a latency budget vs a MACs budget (one supernet per seed)")
+    ax.set_title("Latency-budget vs MACs-budget search (one supernet per seed)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
