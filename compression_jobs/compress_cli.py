@@ -60,6 +60,13 @@ def job_context(config: str, run_dir: str | None, inception_weights: str | None,
             where = ".".join(str(x) for x in first.get("loc", ())) or "(root)"
             raise InvalidInput(f"invalid config {config}: {where}: {first.get('msg')}") from exc
         raise InvalidInput(f"invalid config {config}: {exc}") from exc
+    if job.search.latency_table:  # a bad table file is refused now, not after hours of training
+        from compression_jobs.latency_table import read_table_file
+
+        try:
+            read_table_file(job.search.latency_table)
+        except ValueError as exc:
+            raise InvalidInput(f"invalid config {config}: search.latency_table: {exc}") from exc
     rd = Path(run_dir) if run_dir else Path("runs") / job.name
     return Context(job, rd, Path(inception_weights) if inception_weights else None, publish_all=publish_all)
 

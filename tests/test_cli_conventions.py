@@ -73,6 +73,12 @@ def test_macs_and_compress_json(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nteacher: {steps: many}\n")
     fails(2, "compress", "run", str(bad), "--json", says="invalid config")
+    # a latency table file that is missing or not a table: refused before any stage runs (nothing made)
+    (tmp_path / "table.json").write_text("{not json")
+    for table, says in ((tmp_path / "none.json", "none.json"), (tmp_path / "table.json", "not a valid table")):
+        fails(2, "compress", "run", "tiny", "--run-dir", str(tmp_path / "never"), "--set", f"search.latency_table={table}",
+              "--json", says=says)
+    assert not (tmp_path / "never").exists()
 
 
 def test_export_and_quantize_json_and_non_checkpoints(tmp_path):
