@@ -33,18 +33,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import click
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compression_jobs.baselines import trivial_baselines  # noqa: E402
+from compression_jobs.compress_cli import parse_overrides  # noqa: E402
 from compression_jobs.counting import count_macs  # noqa: E402
 from compression_jobs.data import ImageSet  # noqa: E402
 from compression_jobs.export import export_artifact  # noqa: E402
 from compression_jobs.gan_compression.config import JobConfig, load_config  # noqa: E402
 from compression_jobs.gan_compression.evaluate import fidelity  # noqa: E402
-from compression_jobs.gan_compression.stages import SEARCH_FILE, students  # noqa: E402
+from compression_jobs.gan_compression.stages import SEARCH_FILE, student_space, students  # noqa: E402
 from compression_jobs.hardware import resolve_hardware_tag  # noqa: E402
 from compression_jobs.latency_table import (  # noqa: E402
     TableLatencyModel,
@@ -52,7 +54,6 @@ from compression_jobs.latency_table import (  # noqa: E402
     profile_ops,
     read_table_file,
 )
-from compression_jobs.models.supernet import ChannelSpace  # noqa: E402
 from compression_jobs.pipeline import Context, adopt_stages, completed_stages, held_out, run_pipeline  # noqa: E402
 from compression_jobs.pretrained import require_vintagify_teacher  # noqa: E402
 from registry.optables import OpTable  # noqa: E402
@@ -69,13 +70,6 @@ def job_for(args: argparse.Namespace, **overrides: object) -> JobConfig:
     return load_config(args.config, {**args.overrides, **overrides}, teacher=args.teacher)
 
 
-def space_of(job: JobConfig) -> ChannelSpace:
-    from compression_jobs.models.mobile import ChannelConfig
-
-    kw = {"multipliers": job.student.channel_choices} if job.student.channel_choices else {}
-    return ChannelSpace.from_multipliers(ChannelConfig.full(job.student.ngf), **kw)
-
-
 def table_for(args: argparse.Namespace, job: JobConfig) -> Path:
     """ROOT/optable.json: --table's copy, else this machine's table measured now (once)."""
     path = args.root / "optable.json"
@@ -86,7 +80,7 @@ def table_for(args: argparse.Namespace, job: JobConfig) -> Path:
             path.write_bytes(body)
     elif not path.is_file():
         w0 = time.time()
-        table = profile_ops(space_of(job), hardware_tag=resolve_hardware_tag(None, PROVIDER), n_blocks=job.student.n_blocks,
+        table = profile_ops(student_space(job), hardware_tag=resolve_hardware_tag(None, PROVIDER), n_blocks=job.student.n_blocks,
                             resolution=job.export.resolution, threads=job.export.profile_threads, provider=PROVIDER,
                             runs=args.table_runs, fast_export=job.export.fast_graph)
         path.write_text(table.model_dump_json(indent=1))
@@ -110,18 +104,6 @@ def search_record(ctx: Context) -> tuple[str, dict]:
     data = json.loads((ctx.stage_dir("search") / SEARCH_FILE).read_text())
     cfg = data["chosen"][0]
     return cfg, next(c for c in data["evaluated"] if c["config"] == cfg)
-
-
-def parse_set(values: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for v in values:
-        key, sep, raw = v.partition("=")
-        if not sep:
-            raise SystemExit(f"--set needs KEY=VALUE, got {v!r}")
-        out[key] = yaml.safe_load(raw)
-    return out
 
 
 def plot(logs: list[Path], out: Path, threads: int) -> None:
@@ -187,7 +169,10 @@ def main() -> None:
         return
     if any(not 0 < f <= 2 for f in args.fractions) or args.runs < 1:
         ap.error("--fractions must be in (0, 2], --runs >= 1")
-    args.overrides = parse_set(args.overrides)
+    try:
+        args.overrides = parse_overrides(tuple(args.overrides))
+    except click.BadParameter as exc:
+        ap.error(exc.message)
     args.teacher = args.teacher or str(require_vintagify_teacher())
     args.root.mkdir(parents=True, exist_ok=True)
     lat_names = {f"lat{f:g}": f for f in args.fractions}
@@ -202,7 +187,7 @@ def main() -> None:
     table_path = table_for(args, job)
     if args.arms == "base":
         return
-    space = space_of(job)
+    space = student_space(job)
     lut = TableLatencyModel.for_space(read_table_file(table_path), space, job.student.n_blocks,
                                       resolution=job.export.resolution, fast_graph=job.export.fast_graph)
     arms: dict[str, Context] = {}

@@ -21,7 +21,8 @@ from compression_jobs.gan_compression.common import counter_bar, load_state, pro
 from compression_jobs.gan_compression.config import JobConfig
 from compression_jobs.gan_compression.distill import DistillParts, supernet_sampler, train_distill
 from compression_jobs.gan_compression.search import LatencyModel, LatencyPredictor, evolutionary_search, macs_at
-from compression_jobs.models.supernet import SuperMobileResnetGenerator, supernet as build_supernet
+from compression_jobs.models.mobile import ChannelConfig
+from compression_jobs.models.supernet import ChannelSpace, SuperMobileResnetGenerator
 from compression_jobs.pipeline import (
     MACS_RESOLUTION,
     Context,
@@ -43,10 +44,14 @@ SEARCH_FILE = "search.json"
 STUDENT_FILE = "net_G.pth"
 
 
-def _new_supernet(job: JobConfig) -> SuperMobileResnetGenerator:
+def student_space(job: JobConfig) -> ChannelSpace:
+    """The job's once-for-all design space (student.ngf widths x student.channel_choices)."""
     kw = {"multipliers": job.student.channel_choices} if job.student.channel_choices else {}
-    return build_supernet(ngf=job.student.ngf, n_blocks=job.student.n_blocks,
-                          input_nc=job.data.input_nc, output_nc=job.data.output_nc, **kw)
+    return ChannelSpace.from_multipliers(ChannelConfig.full(job.student.ngf), **kw)
+
+
+def _new_supernet(job: JobConfig) -> SuperMobileResnetGenerator:
+    return SuperMobileResnetGenerator(student_space(job), job.student.n_blocks, job.data.input_nc, job.data.output_nc)
 
 
 def _trained_supernet(ctx: Context, stage: str) -> SuperMobileResnetGenerator:
