@@ -65,6 +65,7 @@ from registry.manifest import Manifest
 from registry.runtime import target_size, tensor_to_image
 from service.edge import ROUTES, Edge
 from service.images import Decoded, ImageRejected, Probed, decode_image, encode_image, probe_image
+from service.lanes import Lane
 from service.metrics import Metrics, build_metrics, filter_exposition
 from service.openapi import OUTPUT_FORMATS, OpenAPIDocument, client_routes, openapi_document, register_yaml
 from service.pool import LoadedArtifact, ModelPool, candidate_for, summarize
@@ -94,6 +95,15 @@ app = FastAPI(
     description="Image-to-image translation; picks the smallest promoted generator that meets the budget.",
     version="1",
 )
+
+async def _service_instance() -> Any:
+    """BentoML binds `self` of the routes below with `Depends(bentoml.get_current_service)`, a plain
+    function, which FastAPI calls in a worker thread: a thread hop per request to read a global."""
+    return bentoml.get_current_service()
+
+
+app.dependency_overrides[bentoml.get_current_service] = _service_instance
+
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 429, 500, 503, 504)
@@ -208,8 +218,8 @@ class PocketGAN:
         self.metrics.init_labels(self.settings.tasks, list(self.settings.device_classes))
         self.metrics.set_budgets(self.settings.device_classes)
         self.pool = ModelPool(self.settings, self.metrics, self.hardware_tag)
-        self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
-        self.large_limiter = anyio.CapacityLimiter(self.settings.large_inference_threads)
+        self.lane = Lane(self.settings.inference_threads, "inference")
+        self.large_lane = Lane(self.settings.large_inference_threads, "large")
         self.memory = MemoryBudget(self.settings.worker_memory_budget(self.settings.workers))
         _LIVE["settings"] = self.settings
         self.metrics.memory_budget.set(self.memory.capacity)
@@ -225,6 +235,8 @@ class PocketGAN:
     @bentoml.on_shutdown
     async def stop_pool(self) -> None:
         self.pool.stop()
+        self.lane.shutdown()
+        self.large_lane.shutdown()
         if self._pool_task is not None:
             self._pool_task.cancel()
 
@@ -378,7 +390,7 @@ class PocketGAN:
             self._admit(cost, w, h)
         except ImageRejected as r:
             return self._reject(r)
-        lane = self.large_limiter if w * h > self.settings.large_pixels else self.limiter
+        lane = self.large_lane if w * h > self.settings.large_pixels else self.lane
         fmt = out_fmt or probed.format.lower()
         decoded: list[Decoded] = []  # decoded once, in the first job; a fallback reuses it
 
@@ -397,7 +409,7 @@ class PocketGAN:
             # a rejected image (ImageRejected from decoding) is the client's fault, not the model's: passed through
             served = await self.pool.run_with_fallback(
                 mset, task, device_class, budget, h, w,
-                lambda art: anyio.to_thread.run_sync(job, art, limiter=lane),
+                lambda art: lane.run(job, art),
                 first=decision, passthrough=(DeadlineExceeded, ImageRejected),
             )
         except ImageRejected as r:
