@@ -33,17 +33,10 @@ class Lane:
             raise ValueError(f"a lane needs at least one thread, got {threads}")
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"pocketgan-{name}")
-        self._queued = 0
-
-    @property
-    def queued(self) -> int:
-        """Jobs submitted and not finished (running or waiting)."""
-        return self._queued
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         ctx = contextvars.copy_context()  # what anyio's to_thread carried over too (BentoML's request context)
         job: Future[T] = self._pool.submit(ctx.run, fn, *args)
-        self._queued += 1
         done = asyncio.wrap_future(job)
         try:
             return await asyncio.shield(done)
@@ -52,8 +45,6 @@ class Lane:
                 raise
             await _wait_out(done)  # running: it cannot be interrupted; the caller's accounting waits for it
             raise
-        finally:
-            self._queued -= 1
 
     def shutdown(self) -> None:
         """Drop queued jobs; running ones finish in their threads."""
