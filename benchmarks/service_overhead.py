@@ -16,10 +16,12 @@ may be shared: read the ratios, not the absolute times):
    `--layout WxIxT` (repeatable) serves further layouts side by side (e.g. 1x2x1 2x1x1 2x2x1).
 
 The HTTP load generator is meant to cost little next to the server, since both share the cores:
-each request body (multipart, one of the images) is encoded once before the run and sent over
-one persistent keep-alive `http.client` connection per client thread (`--client httpx`: the first
-version's `httpx.Client.post(files=...)`, re-encoding every body). The benchmark process's own
-CPU per request is printed for every mode (for HTTP modes: the load generator's cost).
+each request body (multipart, one of the images) is encoded once before the run; by default one
+asyncio (uvloop) loop drives C keep-alive connections (`--client asyncio`); `--client keepalive`
+uses C threads with one persistent `http.client` connection each (the previous default: its threads
+cost ~1 ms of CPU per request at C=16), `--client httpx` the first version's
+`httpx.Client.post(files=...)`, re-encoding every body. The benchmark process's own CPU per request
+is printed for every mode (for HTTP modes: the load generator's cost).
 
 for C in 1, 4, 16: p50/p95/p99 latency, throughput; then both ratios (old definition: HTTP vs
 mode 1; new: HTTP vs mode 2) for every layout, side by side. Then a promotion under load (C=4,
@@ -28,7 +30,7 @@ selection function's decision time. Bounded: --requests per level and mode (spli
 --rounds), --max-seconds per level and mode.
 
     python benchmarks/service_overhead.py [--requests 120] [--rounds 2] [--max-seconds 20] [--side 256]
-        [--layout 1x2x1 --layout 2x1x1] [--client keepalive|httpx] [--no-old]
+        [--layout 1x2x1 --layout 2x1x1] [--client asyncio|keepalive|httpx] [--no-old]
 """
 
 from __future__ import annotations
@@ -240,6 +242,77 @@ class KeepAliveClient:
         raise AssertionError("unreachable")
 
 
+class AsyncLoadGenerator:
+    """C keep-alive connections driven by one asyncio (uvloop) loop in the calling thread.
+
+    The cheapest load generator we have: no client threads waking one another and taking the GIL in
+    turn (the keep-alive client's 16 threads cost ~1 ms of CPU per request at C=16, on the cores the
+    server needs). Requests are pre-encoded bytes; responses are read by Content-Length."""
+
+    def __init__(self, host: str, port: int, bodies: list[tuple[bytes, str]]) -> None:
+        self.host, self.port = host, port
+        self.requests = [
+            f"POST /translate HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            for body, ctype in bodies
+        ]
+
+    def level(self, conc: int, n: int, max_s: float, record) -> "Level":
+        """Like run_level for HTTP: n requests from `conc` connections; record(t0, ms, status, headers) each."""
+        import uvloop
+
+        return uvloop.run(self._level(conc, n, max_s, record))
+
+    async def _exchange(self, conn: list, index: int) -> tuple[int, dict[str, str]]:
+        import asyncio
+
+        async with asyncio.timeout(60):
+            if not conn:
+                conn.extend(await asyncio.open_connection(self.host, self.port))
+            reader, writer = conn
+            writer.write(self.requests[index])
+            lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+            conn.clear()
+        return int(lines[0].split(" ", 2)[1]), headers
+
+    async def _level(self, conc: int, n: int, max_s: float, record) -> "Level":
+        import asyncio
+
+        lat: list[float] = []
+        fails = 0
+        todo = iter(range(n))
+        deadline = time.monotonic() + max_s
+
+        async def connection() -> None:
+            nonlocal fails
+            conn: list = []
+            for i in todo:  # one iterator for all connections: each request is sent once
+                if time.monotonic() >= deadline:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    status, headers = await self._exchange(conn, i % len(self.requests))
+                except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    status, headers = 0, {}
+                    if conn:
+                        conn[1].close()
+                        conn.clear()
+                ms = (time.perf_counter() - t0) * 1000
+                lat.append(ms)
+                fails += status != 200
+                record(t0, ms, status, headers)
+            if conn:
+                conn[1].close()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(connection() for _ in range(conc)))
+        return lat, len(lat) / (time.perf_counter() - t0), fails
+
+
 def exit_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and SeaweedFS are stopped."""
     raise SystemExit(128 + signum)
@@ -260,8 +333,9 @@ def main() -> None:
                     help="a further HTTP layout WORKERSxINFERENCE_THREADSxINTRA_OP_THREADS (repeatable)")
     ap.add_argument("--old-inference-threads", type=int, default=16, help="old layout: jobs at once (ORT default threads)")
     ap.add_argument("--no-old", action="store_true", help="skip the old layout and the old-definition raw mode")
-    ap.add_argument("--client", choices=("keepalive", "httpx"), default="keepalive",
-                    help="HTTP load generator: pre-encoded bodies on keep-alive connections, or httpx re-encoding each")
+    ap.add_argument("--client", choices=("asyncio", "keepalive", "httpx"), default="asyncio",
+                    help="HTTP load generator: one asyncio loop driving C keep-alive connections (pre-encoded bodies), "
+                         "C threads with one keep-alive http.client connection each, or httpx re-encoding each body")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--no-swap", action="store_true", help="skip the promotion-under-load part")
     args = ap.parse_args()
@@ -402,26 +476,32 @@ def main() -> None:
                 body, ctype = bodies[k]
                 return cl.post("/translate", body, ctype)
 
+            def record(t0: float, ms: float, status: int, headers: dict[str, str]) -> None:
+                if status == 200 and level[0] is not None:
+                    server_ms.setdefault(level[0], []).append(float(headers["x-pocketgan-actual-ms"]))
+                with served_lock:
+                    served.append((t0, ms, status, headers.get("x-pocketgan-artifact", "")))
+
             def http(i=[0]) -> bool:  # noqa: B006
                 i[0] += 1
                 t0 = time.perf_counter()
                 try:
                     status, headers = send(i[0] % len(images))
-                    art = headers.get("x-pocketgan-artifact", "")
-                    if status == 200 and level[0] is not None:
-                        server_ms.setdefault(level[0], []).append(float(headers["x-pocketgan-actual-ms"]))
                 except (httpx.HTTPError, OSError, http.client.HTTPException):
-                    status, art = 0, ""
-                with served_lock:
-                    served.append((t0, (time.perf_counter() - t0) * 1000, status, art))
+                    status, headers = 0, {}
+                record(t0, (time.perf_counter() - t0) * 1000, status, headers)
                 return status == 200
-            return http
 
-        fns = {"raw": raw_new, "pipeline": pipeline, **({} if args.no_old else {"raw_old": raw_old})}
-        fns.update({f"http_{k}": http_to(k) for k in layouts})
+            if args.client == "asyncio":
+                gen = AsyncLoadGenerator(host, port, bodies)
+                return lambda c, n, max_s: gen.level(c, n, max_s, record)
+            return lambda c, n, max_s: run_level(http, c, n, max_s)
+
+        levels = {m: (lambda c, n, max_s, fn=fn: run_level(fn, c, n, max_s))
+                  for m, fn in (("raw", raw_new), ("pipeline", pipeline), ("raw_old", raw_old)) if m in modes}
+        levels.update({f"http_{k}": http_to(k) for k in layouts})  # level(concurrency, requests, max seconds)
         for k in layouts:
-            for _ in range(5):
-                fns[f"http_{k}"]()
+            levels[f"http_{k}"](1, 5, 60.0)
         groups = {k: sessions_of(p.proc.pid) for k, p in servers.items()}
         idle_s = 6.0  # the servers' own CPU with no requests (registry polling, BentoML): subtracted per level
         idle0 = {k: group_cpu_s(p.proc.pid) for k, p in servers.items()}
@@ -436,7 +516,7 @@ def main() -> None:
                     pg = servers[m[5:]].proc.pid if m.startswith("http") else None
                     me0 = time.process_time()
                     cpu0 = group_cpu_s(pg) if pg else me0
-                    res = run_level(fns[m], c, per_round, args.max_seconds / args.rounds)
+                    res = levels[m](c, per_round, args.max_seconds / args.rounds)
                     me1 = time.process_time()
                     cpu_s[m][c] += (group_cpu_s(pg) if pg else me1) - cpu0
                     client_cpu_s[m][c] += me1 - me0
@@ -459,7 +539,7 @@ def main() -> None:
             th = threading.Thread(target=promote_later)
             th.start()
             swap_n = max(args.requests, 300)
-            lat, tput, fails = run_level(fns["http_new"], 4, swap_n, max(args.max_seconds, 12.0))
+            lat, tput, fails = levels["http_new"](4, swap_n, max(args.max_seconds, 12.0))
             th.join()
             t_promote = stop_at[0]
             first_b = min((s for s, _, st, a in served if a == b_id), default=None)
