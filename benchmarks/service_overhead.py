@@ -36,6 +36,7 @@ selection function's decision time. Bounded: --requests per level and mode (spli
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures as cf
 import http.client
 import io
@@ -264,8 +265,6 @@ class AsyncLoadGenerator:
         return uvloop.run(self._level(conc, n, max_s, record))
 
     async def _exchange(self, conn: list, index: int) -> tuple[int, dict[str, str]]:
-        import asyncio
-
         async with asyncio.timeout(60):
             if not conn:
                 conn.extend(await asyncio.open_connection(self.host, self.port))
@@ -280,8 +279,6 @@ class AsyncLoadGenerator:
         return int(lines[0].split(" ", 2)[1]), headers
 
     async def _level(self, conc: int, n: int, max_s: float, record) -> "Level":
-        import asyncio
-
         lat: list[float] = []
         fails = 0
         todo = iter(range(n))

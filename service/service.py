@@ -96,6 +96,7 @@ app = FastAPI(
     version="1",
 )
 
+
 async def _service_instance() -> Any:
     """BentoML binds `self` of the routes below with `Depends(bentoml.get_current_service)`, a plain
     function, which FastAPI calls in a worker thread: a thread hop per request to read a global."""
