@@ -25,6 +25,10 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
+class LaneClosed(RuntimeError):
+    """The lane was shut down (the worker is stopping): the job was not run. Not the model's fault."""
+
+
 class Lane:
     """`threads` jobs at once, FIFO; `await lane.run(fn, *args)` from the event loop."""
 
@@ -33,8 +37,11 @@ class Lane:
             raise ValueError(f"a lane needs at least one thread, got {threads}")
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"pocketgan-{name}")
+        self.closed = False
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.closed:
+            raise LaneClosed("the worker is shutting down")
         ctx = contextvars.copy_context()  # what anyio's to_thread carried over too (BentoML's request context)
         job: Future[T] = self._pool.submit(ctx.run, fn, *args)
         done = asyncio.wrap_future(job)
@@ -47,7 +54,8 @@ class Lane:
             raise
 
     def shutdown(self) -> None:
-        """Drop queued jobs; running ones finish in their threads."""
+        """Refuse new jobs (LaneClosed) and drop queued ones; running ones finish in their threads."""
+        self.closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

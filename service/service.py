@@ -65,7 +65,7 @@ from registry.manifest import Manifest
 from registry.runtime import target_size, tensor_to_image
 from service.edge import ROUTES, Edge
 from service.images import Decoded, ImageRejected, Probed, decode_image, encode_image, probe_image
-from service.lanes import Lane
+from service.lanes import Lane, LaneClosed
 from service.metrics import Metrics, build_metrics, filter_exposition
 from service.openapi import OUTPUT_FORMATS, OpenAPIDocument, client_routes, openapi_document, register_yaml
 from service.pool import LoadedArtifact, ModelPool, candidate_for, summarize
@@ -411,13 +411,15 @@ class PocketGAN:
             served = await self.pool.run_with_fallback(
                 mset, task, device_class, budget, h, w,
                 lambda art: lane.run(job, art),
-                first=decision, passthrough=(DeadlineExceeded, ImageRejected),
+                first=decision, passthrough=(DeadlineExceeded, ImageRejected, LaneClosed),
             )
         except ImageRejected as r:
             return self._reject(r)
         except DeadlineExceeded:
             self.metrics.edge_refusals.labels("timeout").inc()
             return _error(504, "timeout", f"not started within {self.settings.timeout_s:g} s")
+        except LaneClosed:  # the worker is stopping (uvicorn drains first, so this is a race): not the model's fault
+            return _error(503, "not_ready", "this worker is shutting down; retry shortly")
         except Exception:  # noqa: BLE001 - our fault, never the client's: details to the log only
             log.exception("request %s: translate failed", _rid(request))
             return _error(500, "internal_error", "internal error")

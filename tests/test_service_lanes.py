@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.lanes import Lane
+from service.lanes import Lane, LaneClosed
 
 
 def test_fifo_and_at_most_threads_at_once() -> None:
@@ -128,6 +128,15 @@ def test_errors_and_context_reach_the_caller() -> None:
         assert asyncio.run(main()) == "request-7"
     finally:
         lane.shutdown()
+
+
+def test_a_shut_lane_refuses_new_jobs_with_its_own_error() -> None:
+    """The service passes LaneClosed through as 503 not_ready: a stopping worker is not a failing model
+    (the pool would count any other exception against the artifact and eject it)."""
+    lane = Lane(1, "t")
+    lane.shutdown()
+    with pytest.raises(LaneClosed):
+        asyncio.run(lane.run(time.sleep, 0))
 
 
 def test_a_lane_needs_a_thread() -> None:
