@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -56,13 +55,10 @@ def jpeg(side: int, index: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the server and SeaweedFS are stopped."""
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    from service.launcher import exit_on_sigterm
+
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=100, help="normal requests per phase")
     ap.add_argument("--max-side", type=int, default=1024, help="side of the maximum-size images (= max_pixels)")

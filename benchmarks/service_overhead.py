@@ -42,7 +42,6 @@ import http.client
 import io
 import json
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -310,13 +309,10 @@ class AsyncLoadGenerator:
         return lat, len(lat) / (time.perf_counter() - t0), fails
 
 
-def exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and SeaweedFS are stopped."""
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    from service.launcher import exit_on_sigterm
+
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=120, help="requests per level and mode (split over rounds)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (order reversed every other round)")

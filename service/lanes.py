@@ -35,7 +35,6 @@ class Lane:
     def __init__(self, threads: int, name: str) -> None:
         if threads < 1:
             raise ValueError(f"a lane needs at least one thread, got {threads}")
-        self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"pocketgan-{name}")
         self.closed = False
 

@@ -32,6 +32,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def exit_on_sigterm() -> None:
+    """For a script that starts servers: SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so its
+    `finally` / `with` blocks stop them; they run in sessions of their own and never see the signal."""
+    signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
