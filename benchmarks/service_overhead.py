@@ -23,8 +23,13 @@ cost ~1 ms of CPU per request at C=16), `--client httpx` the first version's
 `httpx.Client.post(files=...)`, re-encoding every body. The benchmark process's own CPU per request
 is printed for every mode (for HTTP modes: the load generator's cost).
 
-for C in 1, 4, 16: p50/p95/p99 latency, throughput; then both ratios (old definition: HTTP vs
-mode 1; new: HTTP vs mode 2) for every layout, side by side. Then a promotion under load (C=4,
+for C in 1, 4, 16: p50/p95/p99 latency, throughput, CPU and minor page faults per image; then both
+ratios (old definition: HTTP vs mode 1; new: HTTP vs mode 2) for every layout, side by side, pooled
+over the rounds and as the median (min-max) of each round's HTTP / raw pair. Page faults tell which
+draw each side made: without ORT's arena every run mallocs its intermediate buffer, and per process
+glibc either keeps that memory (~0 faults) or maps it afresh every run (~1,000 faults at 256x256,
++2-3 ms of CPU per image): a run where one side faults and the other does not moves the ratio by
+~0.07 (README "Benchmarks"). Then a promotion under load (C=4,
 new layout): zero failed requests expected, p99 during the swap window reported. Also the
 selection function's decision time. Bounded: --requests per level and mode (split over
 --rounds), --max-seconds per level and mode.
@@ -42,6 +47,7 @@ import http.client
 import io
 import json
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -141,10 +147,10 @@ def start_server(tmp: Path, name: str, base_env: dict[str, str], layout: dict[st
 Level = tuple[list[float], float, int]
 
 
-def group_cpu_s(root: int) -> float:
-    """User + system CPU seconds of a live process and all its descendants (the server and its workers)."""
+def group_usage(root: int) -> tuple[float, int]:
+    """(user + system CPU seconds, minor page faults) of a live process and all its descendants."""
     tick = os.sysconf("SC_CLK_TCK")
-    procs: dict[int, tuple[int, int]] = {}  # pid -> (ppid, utime + stime ticks)
+    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, utime + stime ticks, minor faults)
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -153,16 +159,21 @@ def group_cpu_s(root: int) -> float:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid; utime + stime
-    tree, total, frontier = {root}, 0, [root]
+        procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[7]))  # ppid; utime + stime; minflt
+    tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
-        for pid, (ppid, _) in procs.items():
+        for pid, (ppid, _, _) in procs.items():
             if ppid == parent and pid not in tree:
                 tree.add(pid)
                 frontier.append(pid)
-    total = sum(procs[p][1] for p in tree if p in procs)
-    return total / tick
+    live = [procs[p] for p in tree if p in procs]
+    return sum(p[1] for p in live) / tick, sum(p[2] for p in live)
+
+
+def own_minflt() -> int:
+    """Minor page faults of this process so far (the raw modes' ORT runs, and the load generator's)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def sessions_of(root: int) -> int:
@@ -197,6 +208,14 @@ def merge(parts: list[Level]) -> Level:
     lat = [x for p in parts for x in p[0]]
     wall = sum(len(p[0]) / p[1] for p in parts if p[1] > 0)
     return lat, (len(lat) / wall if wall else float("nan")), sum(p[2] for p in parts)
+
+
+def round_ratios(http: list[Level], raw: list[Level]) -> list[float]:
+    """Throughput ratio of each round's HTTP level to the same round's raw level (run seconds apart).
+
+    A pause of the shared CPU hits one round of one mode; the median of these paired ratios is
+    what the service costs, the pooled ratio also carries where the pauses fell."""
+    return [h[1] / r[1] for h, r in zip(http, raw, strict=True) if r[1] > 0]
 
 
 def parse_layout(text: str) -> tuple[int, int, int]:
@@ -420,6 +439,7 @@ def main() -> None:
     server_ms: dict[tuple[str, int], list[float]] = {}  # (mode, C) -> X-Pocketgan-Actual-Ms
     cpu_s = {m: {c: 0.0 for c in args.concurrency} for m in modes}  # CPU seconds: raw: this process; HTTP: server's
     client_cpu_s = {m: {c: 0.0 for c in args.concurrency} for m in modes}  # this process's CPU seconds
+    faults = {m: {c: 0 for c in args.concurrency} for m in modes}  # minor page faults: raw: this process; HTTP: server's
     try:
         settings = RegistrySettings(registry="s3://bench/r", s3_endpoint=s3.endpoint, region=s3.region,
                                     cache_dir=tmp / "cache", access_key_id=s3.access_key,
@@ -497,9 +517,9 @@ def main() -> None:
             levels[f"http_{k}"](1, 5, 60.0)
         groups = {k: sessions_of(p.proc.pid) for k, p in servers.items()}
         idle_s = 6.0  # the servers' own CPU with no requests (registry polling, BentoML): subtracted per level
-        idle0 = {k: group_cpu_s(p.proc.pid) for k, p in servers.items()}
+        idle0 = {k: group_usage(p.proc.pid)[0] for k, p in servers.items()}
         time.sleep(idle_s)
-        idle_rate = {k: (group_cpu_s(p.proc.pid) - idle0[k]) / idle_s for k, p in servers.items()}
+        idle_rate = {k: (group_usage(p.proc.pid)[0] - idle0[k]) / idle_s for k, p in servers.items()}
         per_round = max(1, args.requests // args.rounds)
         for rnd in range(args.rounds):
             order = modes if rnd % 2 == 0 else modes[::-1]
@@ -508,10 +528,12 @@ def main() -> None:
                     level[0] = (m, c) if m.startswith("http") else None
                     pg = servers[m[5:]].proc.pid if m.startswith("http") else None
                     me0 = time.process_time()
-                    cpu0 = group_cpu_s(pg) if pg else me0
+                    cpu0, flt0 = group_usage(pg) if pg else (me0, own_minflt())
                     res = levels[m](c, per_round, args.max_seconds / args.rounds)
                     me1 = time.process_time()
-                    cpu_s[m][c] += (group_cpu_s(pg) if pg else me1) - cpu0
+                    cpu1, flt1 = group_usage(pg) if pg else (me1, own_minflt())
+                    cpu_s[m][c] += cpu1 - cpu0
+                    faults[m][c] += flt1 - flt0
                     client_cpu_s[m][c] += me1 - me0
                     if pg:  # net of the server's idle CPU over the level's wall time
                         cpu_s[m][c] -= idle_rate[m[5:]] * (len(res[0]) / res[1] if res[1] > 0 else 0.0)
@@ -567,18 +589,27 @@ def main() -> None:
              "pipeline": "in-process pipeline, same budget"}
     names.update({f"http_{k}": f"HTTP, {k} layout ({lay(k)})" for k in layouts})
     print("| C | mode | p50 / p95 / p99 ms | img/s | server-side p50 ms | CPU ms / image | benchmark process CPU ms / "
-          "request | failures |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+          "request | page faults / image | failures |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+
+    def per_image(d: dict[str, dict[int, float]], m: str, c: int) -> float:
+        return d[m][c] / max(1, len(results[m][c][0]))
 
     def per(d: dict[str, dict[int, float]], m: str, c: int) -> float:
-        return d[m][c] * 1000 / max(1, len(results[m][c][0]))
+        return per_image(d, m, c) * 1000  # seconds -> ms
 
     for c in args.concurrency:
         for m in modes:
             lat_m, tp, fl = results[m][c]
             side = server_ms.get((m, c))
             print(f"| {c} | {names[m]} | {f3(lat_m)} | {tp:.1f} | {pct(side, 50) if side else float('nan'):.1f} "
-                  f"| {per(cpu_s, m, c):.1f} | {per(client_cpu_s, m, c):.1f} | {fl} / {len(lat_m)} |")
+                  f"| {per(cpu_s, m, c):.1f} | {per(client_cpu_s, m, c):.1f} | {per_image(faults, m, c):.0f} "
+                  f"| {fl} / {len(lat_m)} |")
+    print("page faults / image: minor faults of the process(es) doing the work (raw: this one; HTTP: the server's). "
+          "Our ORT sessions run without ORT's arena, so every run mallocs its intermediate buffer (~11 MB here); in "
+          "some processes glibc serves it from freshly mapped memory every time (~1,000 faults, +2-3 ms of CPU per "
+          "image), in others from memory it kept (~0). Which one is decided per process at start-up, for each side "
+          "independently: a ratio between a faulting and a non-faulting side measures that draw, not the service.")
     print()
     print("ratios (targets: HTTP - raw p50 <= 5 ms at C=1; HTTP / raw throughput >= 0.85 at C=16). CPU: raw ORT's CPU ms "
           "per image (this process) / the service's (all its processes, net of idle): the throughput ratio on cores "
@@ -586,8 +617,9 @@ def main() -> None:
           "Client CPU: the load generator's CPU ms per request (it shares the cores with the server):")
     print("| C | layout | HTTP - raw p50 ms (old def.) | HTTP - raw p50 ms (same budget) | HTTP - pipeline p50 ms "
           "| HTTP / raw img/s (old def.) | HTTP / raw img/s (same budget) | service - raw CPU ms / image "
-          "| raw / service CPU per image (same budget) | client CPU ms / request | raw / (service + client) CPU |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| raw / service CPU per image (same budget) | client CPU ms / request | raw / (service + client) CPU "
+          "| HTTP / raw img/s per round: median (min-max) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     nan = float("nan")
     for c in args.concurrency:
         for k in layouts:
@@ -596,9 +628,11 @@ def main() -> None:
             rn, p = results["raw"][c], results["pipeline"][c]
             ro = results["raw_old"][c] if "raw_old" in results else ([nan], nan, 0)
             svc, raw_cpu, cl = per(cpu_s, m, c), per(cpu_s, "raw", c), per(client_cpu_s, m, c)
+            paired = round_ratios(parts[m][c], parts["raw"][c])
             print(f"| {c} | {k} | {pct(h[0], 50) - pct(ro[0], 50):+.1f} | {pct(h[0], 50) - pct(rn[0], 50):+.1f} "
                   f"| {pct(h[0], 50) - pct(p[0], 50):+.1f} | {h[1] / ro[1]:.2f} | {h[1] / rn[1]:.2f} "
-                  f"| {svc - raw_cpu:+.1f} | {raw_cpu / svc:.2f} | {cl:.1f} | {raw_cpu / (svc + cl):.2f} |")
+                  f"| {svc - raw_cpu:+.1f} | {raw_cpu / svc:.2f} | {cl:.1f} | {raw_cpu / (svc + cl):.2f} "
+                  f"| {pct(paired, 50):.2f} ({min(paired):.2f}-{max(paired):.2f}) |")
     if not args.no_swap:
         print()
         print(f"promotion under load (new layout, C=4, {len(served)} requests): status codes {codes}, failures {fails}; "
