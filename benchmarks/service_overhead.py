@@ -328,9 +328,22 @@ class AsyncLoadGenerator:
         return lat, len(lat) / (time.perf_counter() - t0), fails
 
 
+def same_malloc_as_the_servers() -> None:
+    """Re-run this process with the GLIBC_TUNABLES the servers get (service.cli.malloc_tunables), so
+    raw ORT and the pipeline run under the same malloc as the service (glibc reads it only at start-up).
+    `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` measures both sides without huge pages."""
+    from service.cli import malloc_tunables
+
+    want = malloc_tunables(os.environ.get("GLIBC_TUNABLES"))
+    if os.environ.get("GLIBC_TUNABLES") != want:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": want})
+
+
 def main() -> None:
     from service.launcher import exit_on_sigterm
 
+    same_malloc_as_the_servers()
     exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=120, help="requests per level and mode (split over rounds)")
@@ -375,7 +388,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pocketgan-bench-"))
     images = facades_jpegs(args.side)
     print(f"# pocketgan service overhead  (cpu cores: {cores}, image {args.side}x{args.side} JPEG, ORT {ort.__version__}, "
-          f"HTTP client: {args.client})")
+          f"HTTP client: {args.client}; GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')} on both sides)")
     print("# layouts (workers x INFERENCE_THREADS x INTRA_OP_THREADS; 0 = ORT's default): "
           + ", ".join(f"{k} {w}x{i}x{t}" for k, (w, i, t) in layouts.items())
           + f"; raw same budget: <= {budget} runs at once x {args.threads} thread(s)")

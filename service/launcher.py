@@ -18,7 +18,7 @@ from types import TracebackType
 
 import httpx
 
-from service.cli import REPO_ROOT, serve_command
+from service.cli import REPO_ROOT, malloc_tunables, serve_command
 
 
 class ServiceStartError(RuntimeError):
@@ -94,7 +94,8 @@ class ServiceProcess:
         """Start the server (its output appended to `log`); returns at once."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(serve_command(self.port, self.host), cwd=self.cwd, env=self.env, stdout=fh,
+            env = {**self.env, "GLIBC_TUNABLES": malloc_tunables(self.env.get("GLIBC_TUNABLES"))}
+            self.proc = subprocess.Popen(serve_command(self.port, self.host), cwd=self.cwd, env=env, stdout=fh,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

@@ -268,6 +268,14 @@ def test_big_request_memory_is_bounded_and_given_back(server: Server) -> None:
     assert kept <= 0.2 * growth, (kept, growth)
 
 
+def test_workers_run_with_malloc_on_huge_pages(server: Server) -> None:
+    """The launcher gives `bentoml serve` GLIBC_TUNABLES with glibc.malloc.hugetlb=1 and its workers
+    inherit it (service.cli.malloc_tunables: ORT's per-run buffer without ~1,000 page faults a run)."""
+    pid = _worker_pid(server)
+    environ = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+    assert b"glibc.malloc.hugetlb=1" in environ[b"GLIBC_TUNABLES"].split(b":")
+
+
 def test_access_log_can_be_switched_off(server: Server) -> None:
     """ACCESS_LOG=false: served requests leave no access line (the line's format: test_service_http)."""
     with server.client() as c:

@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from pocketgan.cli import cli
-from service.cli import SERVICE_REF, serve_command, serve_env
+from service.cli import SERVICE_REF, malloc_tunables, serve_command, serve_env
 from service.settings import ServiceSettings
 
 
@@ -33,3 +33,15 @@ def test_options_become_settings(monkeypatch) -> None:
 def test_bad_task_is_refused_before_starting() -> None:
     r = CliRunner().invoke(cli, ["serve", "--tasks", "../x"])
     assert r.exit_code != 0
+
+
+def test_malloc_tunables_add_huge_pages_and_keep_the_callers() -> None:
+    assert malloc_tunables(None) == "glibc.malloc.hugetlb=1"
+    assert malloc_tunables("") == "glibc.malloc.hugetlb=1"
+    assert malloc_tunables("glibc.malloc.arena_max=2") == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    # an operator's own choice wins, also "off"
+    assert malloc_tunables("glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2") == "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2"
+    assert malloc_tunables(malloc_tunables(None)) == malloc_tunables(None)  # idempotent
+    env = serve_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, workers=None, tasks=(), channel=None,
+                    hardware_tag=None, poll_interval_s=None, max_concurrency=None, timeout_s=None)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
