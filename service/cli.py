@@ -32,8 +32,8 @@ def malloc_tunables(current: str | None) -> str:
     half of all processes glibc hands that buffer out freshly mapped on every run, and the run pays
     ~1,000 page faults (+2-3 ms of CPU per image, 5-8 % of the throughput); which processes do is
     decided at start-up. With malloc's memory advised for huge pages the same buffer is ~6 faults.
-    Measured on 2 cores, C=16 (README "Service performance: page faults"): no worker of 6 with
-    more than 107 faults per image, 56.5-58.7 img/s, against 54.9-58.2 img/s with the draw left to
+    Measured on 2 cores, C=16 (README "Service performance: page faults"): no worker of 10 with
+    more than 246 faults per image, 56.5-58.7 img/s, against 54.9-58.2 img/s with the draw left to
     chance. glibc before 2.35 ignores the setting; with THP off (`never`) it does nothing.
     A `glibc.malloc.hugetlb` the caller set is kept as it is.
     """
