@@ -29,7 +29,9 @@ over the rounds and as the median (min-max) of each round's HTTP / raw pair. Pag
 draw each side made: without ORT's arena every run mallocs its intermediate buffer, and per process
 glibc either keeps that memory (~0 faults) or maps it afresh every run (~1,000 faults at 256x256,
 +2-3 ms of CPU per image): a run where one side faults and the other does not moves the ratio by
-~0.07 (README "Benchmarks"). Then a promotion under load (C=4,
+~0.07 (README "Benchmarks"). Both sides run with the servers' GLIBC_TUNABLES (huge pages for malloc,
+service.cli.malloc_tunables), which makes a fresh buffer a few faults; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
+measures both without. Then a promotion under load (C=4,
 new layout): zero failed requests expected, p99 during the swap window reported. Also the
 selection function's decision time. Bounded: --requests per level and mode (split over
 --rounds), --max-seconds per level and mode.
@@ -621,8 +623,9 @@ def main() -> None:
     print("page faults / image: minor faults of the process(es) doing the work (raw: this one; HTTP: the server's). "
           "Our ORT sessions run without ORT's arena, so every run mallocs its intermediate buffer (~11 MB here); in "
           "some processes glibc serves it from freshly mapped memory every time (~1,000 faults, +2-3 ms of CPU per "
-          "image), in others from memory it kept (~0). Which one is decided per process at start-up, for each side "
-          "independently: a ratio between a faulting and a non-faulting side measures that draw, not the service.")
+          "image; a few with huge pages), in others from memory it kept (~0). Which one is decided per process at "
+          "start-up, for each side independently: a ratio between a faulting and a non-faulting side measures that "
+          "draw, not the service.")
     print()
     print("ratios (targets: HTTP - raw p50 <= 5 ms at C=1; HTTP / raw throughput >= 0.85 at C=16). CPU: raw ORT's CPU ms "
           "per image (this process) / the service's (all its processes, net of idle): the throughput ratio on cores "
