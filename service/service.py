@@ -12,6 +12,9 @@ aggregation, filtered by `__metrics__`). BentoML's HTTP clients (`bentoml.SyncHT
 find the two routes in `/schema.json`, which lists them (`service.openapi.client_routes`); `/docs.json`
 is our own OpenAPI document with the deployment's constraints (`service.openapi.openapi_document`).
 Workers and BentoML's backstop timeout come from the settings when serving starts (`serve_config`).
+`POST /translate`, the route that carries the load, skips the layers it does not need: `TranslateFastPath`
+sits inside BentoML's request metrics (and tracing, when on) and calls the route function directly, past
+BentoML's timeout and request context and Starlette's and FastAPI's routing (README "Service performance").
 Traffic control is ours, not BentoML's: `service.edge.Edge` wraps BentoML's whole ASGI app in
 every worker (request ids, one error shape, body deadline, upload/concurrency caps, API keys,
 internal-only routes, the request deadline); BentoML's own timeout stays only as a backstop.
