@@ -56,7 +56,6 @@ from compression_jobs.latency_table import (  # noqa: E402
 )
 from compression_jobs.pipeline import Context, adopt_stages, completed_stages, held_out, run_pipeline  # noqa: E402
 from compression_jobs.pretrained import require_vintagify_teacher  # noqa: E402
-from registry.optables import OpTable  # noqa: E402
 
 PROVIDER = "CPUExecutionProvider"
 SHARED = ["train-teacher", "distill", "train-supernet"]

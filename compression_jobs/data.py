@@ -163,7 +163,6 @@ def _unpaired_targets(cfg: DataConfig, split: str) -> list[Path]:
 
 def load_samples(cfg: DataConfig, split: Literal["train", "test"]) -> list[Sample]:
     """Decode a split into PIL images, with source/target swapped according to `direction`."""
-    out: list[Sample] = []
     if not cfg.targets:
         return [Sample(s.name, s.source, None, paired=False) for s in _samples(cfg, split)]
     return _samples(cfg, split)

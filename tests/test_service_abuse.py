@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
-import json
-import os
 import socket
 import struct
 import time
