@@ -325,7 +325,9 @@ def demo_cli(workdir: Path, config: str, teacher: Path | None, overrides: tuple[
     columns: list[str] = []
     rollout = [[teacher_id] + students[:k] for k in range(len(students) + 1)]
     promote_set(registry, task, rollout[0])
-    with Service(env, task, workdir / "service.log", port) as svc:
+    from service.launcher import sigterm_unwinds
+
+    with sigterm_unwinds(), Service(env, task, workdir / "service.log", port) as svc:  # SIGTERM stops the server too
         for step, members in enumerate(rollout):
             if step:
                 promote_set(registry, task, members)

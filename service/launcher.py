@@ -8,13 +8,16 @@ also when the leader already exited but a worker did not.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Iterator
 
 import httpx
 
@@ -36,6 +39,20 @@ def exit_on_sigterm() -> None:
     """For a script that starts servers: SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so its
     `finally` / `with` blocks stop them; they run in sessions of their own and never see the signal."""
     signal.signal(signal.SIGTERM, _raise_exit)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """`exit_on_sigterm` for the length of a block, the previous handler restored after it: for a command
+    that may also run in-process (a test's CliRunner). Off the main thread Python cannot set handlers: no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_exit(signum: int, frame: object) -> None:

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,32 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         assert "[run ]" not in err and err.count("[skip]") >= 5
         state = json.loads((work / "run" / "state.json").read_text())["completed"]
         assert state["prune-finetune"]["info"]["steps"] == [2, 3]  # the 30x student's own step count
+
+        # SIGTERM to the demo itself (a CI timeout, `kill PID`) stops its server too: nothing is left serving
+        third = subprocess.Popen(
+            [str(PKG_BIN), "demo", "--workdir", str(work), "--images", "2", "--publish-all", "--serve", *SHORT],
+            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = ""
+            for line in third.stdout:
+                if line.startswith("serving on"):
+                    break
+            match = re.search(r"\(pid (\d+)\)", line)
+            assert match, line
+            third.send_signal(signal.SIGTERM)
+            out, err = third.communicate(timeout=120)
+        finally:
+            if third.poll() is None:
+                third.kill()
+        assert third.returncode == 128 + signal.SIGTERM, err[-3000:]
+        deadline = time.monotonic() + 10  # the server's whole process group is gone (orphans reaped by init)
+        while True:
+            try:
+                os.killpg(int(match.group(1)), 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the demo's server outlived the demo"
+            time.sleep(0.2)
     finally:
         subprocess.run([str(PKG_BIN), "s3", "down", "--dir", str(work / "s3")], env=env, capture_output=True)
 

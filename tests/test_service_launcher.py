@@ -66,3 +66,33 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> 
     message = str(info.value)
     assert "exited" in message and str(tmp_path / "serve.log") in message and "Address already in use" in message
     assert server.proc is not None and server.proc.poll() is not None
+
+
+def test_sigterm_unwinds_only_inside_its_block() -> None:
+    """`pocketgan demo` runs its server inside this: a SIGTERM to the demo unwinds the `with` that stops it."""
+    import signal
+    import threading
+
+    from service.launcher import sigterm_unwinds
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited:
+        with sigterm_unwinds():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # restored: the caller's process is as it was
+
+    errors: list[BaseException] = []
+
+    def off_main() -> None:
+        try:
+            with sigterm_unwinds():  # Python only sets handlers on the main thread: a no-op here
+                pass
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=off_main)
+    t.start()
+    t.join()
+    assert errors == [] and signal.getsignal(signal.SIGTERM) is before
