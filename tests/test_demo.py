@@ -30,6 +30,27 @@ def _demo(workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+def _serving_demo(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """`pocketgan demo --serve`, returned once it prints its "serving on ... (pid N) ..." line."""
+    proc = subprocess.Popen(
+        [str(PKG_BIN), "demo", "--workdir", str(workdir), "--images", "2", "--publish-all", "--serve", *SHORT],
+        env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = ""
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if line.startswith("serving on"):
+                break
+    except BaseException:  # e.g. the test's timeout: the caller's `finally` is not reached yet
+        proc.terminate()  # SIGTERM: the demo stops its server on the way out
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    return proc, line
+
+
 @pytest.mark.timeout(2400)
 def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_path: Path) -> None:
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(tmp_path / "bentoml")}
@@ -69,14 +90,8 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         assert "side by side:" in first.stdout and "export POCKETGAN_REGISTRY=" in first.stdout
 
         # again, with --serve: reuses everything, then keeps serving and says how to stop it
-        again = subprocess.Popen(
-            [str(PKG_BIN), "demo", "--workdir", str(work), "--images", "2", "--publish-all", "--serve", *SHORT],
-            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        again, line = _serving_demo(work, env)
         try:
-            line = ""
-            for line in again.stdout:
-                if line.startswith("serving on"):
-                    break
             match = re.search(r"\(pid (\d+)\).*kill -TERM -- -(\d+)", line)
             assert match and match.group(1) == match.group(2), line
             os.killpg(int(match.group(1)), signal.SIGTERM)  # the printed stop command
@@ -91,14 +106,8 @@ def test_demo_serves_the_real_teacher_and_its_students_and_reuses_its_work(tmp_p
         assert state["prune-finetune"]["info"]["steps"] == [2, 3]  # the 30x student's own step count
 
         # SIGTERM to the demo itself (a CI timeout, `kill PID`) stops its server too: nothing is left serving
-        third = subprocess.Popen(
-            [str(PKG_BIN), "demo", "--workdir", str(work), "--images", "2", "--publish-all", "--serve", *SHORT],
-            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        third, line = _serving_demo(work, env)
         try:
-            line = ""
-            for line in third.stdout:
-                if line.startswith("serving on"):
-                    break
             match = re.search(r"\(pid (\d+)\)", line)
             assert match, line
             third.send_signal(signal.SIGTERM)
