@@ -34,13 +34,34 @@ def malloc_tunables(current: str | None) -> str:
     decided at start-up. With malloc's memory advised for huge pages the same buffer is ~6 faults.
     Measured on 2 cores, C=16 (README "Service performance: page faults"): no worker of 10 with
     more than 246 faults per image, 56.5-58.7 img/s, against 54.9-58.2 img/s with the draw left to
-    chance. glibc before 2.35 ignores the setting; with THP off (`never`) it does nothing.
+    chance. glibc before 2.35 ignores the setting; with THP off (`never`) it does nothing (the
+    worker warns: `huge_page_malloc_warning`).
     A `glibc.malloc.hugetlb` the caller set is kept as it is.
     """
     parts = [p for p in (current or "").split(":") if p]
     if any(p.split("=", 1)[0] == "glibc.malloc.hugetlb" for p in parts):
         return ":".join(parts)
     return ":".join([*parts, HUGE_PAGES_TUNABLE])
+
+
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def huge_page_malloc_warning(tunables: str | None, thp_enabled: Path = THP_ENABLED) -> str | None:
+    """Why a worker should warn at start-up: `malloc_tunables` asked for huge pages but the host's THP mode
+    is `never`, so the per-run buffers may be page-faulted afresh every run (a node image setting the
+    service cannot change). None when huge pages were not asked for, or the mode cannot be read."""
+    if HUGE_PAGES_TUNABLE not in (tunables or "").split(":"):
+        return None
+    try:
+        text = thp_enabled.read_text()
+    except OSError:
+        return None
+    if "[never]" not in text:
+        return None
+    return (f"GLIBC_TUNABLES asks for {HUGE_PAGES_TUNABLE} but transparent huge pages are off on this host "
+            f"({thp_enabled}: {text.strip()}): each ONNX Runtime run may pay ~1,000 page faults (+2-3 ms of CPU "
+            "per 256x256 image); set THP to madvise or always on the node (README \"Service performance: page faults\")")
 
 
 def serve_env(

@@ -67,6 +67,7 @@ from starlette.middleware import Middleware
 from registry.errors import RegistryError
 from registry.manifest import Manifest
 from registry.runtime import target_size, tensor_to_image
+from service.cli import huge_page_malloc_warning
 from service.edge import ROUTES, Edge
 from service.images import Decoded, ImageRejected, Probed, decode_image, encode_image, probe_image
 from service.lanes import Lane, LaneClosed
@@ -84,7 +85,7 @@ from service.schemas import (
     TaskModelsOut,
 )
 from service.selection import SelectionRequest, select
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, malloc_tunables_in_effect
 
 log = logging.getLogger("pocketgan.service")
 if not log.handlers:
@@ -231,6 +232,8 @@ class PocketGAN:
         self._pool_task: asyncio.Task[None] | None = None
         self._resolve_cache: dict[str, tuple[float, list[Manifest]]] = {}
         log.info("hardware tag %s; tasks %s; channel %s", self.hardware_tag, self.settings.tasks, self.settings.channel)
+        if warning := huge_page_malloc_warning(malloc_tunables_in_effect()):
+            log.warning(warning)
 
     @bentoml.on_startup
     async def start_pool(self) -> None:

@@ -57,6 +57,12 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
+def malloc_tunables_in_effect() -> str | None:
+    """This process's GLIBC_TUNABLES: glibc's own setting, not ours (read here, where the service reads its
+    environment); the worker checks it against the host (service.cli.huge_page_malloc_warning)."""
+    return os.environ.get("GLIBC_TUNABLES")
+
+
 def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 

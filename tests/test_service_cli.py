@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -45,3 +46,19 @@ def test_malloc_tunables_add_huge_pages_and_keep_the_callers() -> None:
     env = serve_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, workers=None, tasks=(), channel=None,
                     hardware_tag=None, poll_interval_s=None, max_concurrency=None, timeout_s=None)
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+
+
+def test_a_worker_warns_when_huge_pages_are_asked_for_but_thp_is_never(tmp_path: Path) -> None:
+    from service.cli import huge_page_malloc_warning
+
+    thp = tmp_path / "enabled"
+    thp.write_text("always madvise [never]\n")
+    warning = huge_page_malloc_warning("glibc.malloc.hugetlb=1", thp)
+    assert warning is not None and "transparent huge pages are off" in warning and "[never]" in warning
+    assert huge_page_malloc_warning("glibc.foo=2:glibc.malloc.hugetlb=1", thp) is not None
+    assert huge_page_malloc_warning("glibc.malloc.hugetlb=0", thp) is None  # the operator turned it off
+    assert huge_page_malloc_warning(None, thp) is None
+    for mode in ("always [madvise] never\n", "[always] madvise never\n"):
+        thp.write_text(mode)
+        assert huge_page_malloc_warning("glibc.malloc.hugetlb=1", thp) is None
+    assert huge_page_malloc_warning("glibc.malloc.hugetlb=1", tmp_path / "absent") is None  # cannot tell: quiet
