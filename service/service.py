@@ -585,7 +585,7 @@ class TranslateFastPath:
     own access log middleware (same class, same options) when it is on. What it skips for this one route:
     BentoML's backstop timeout (the edge times /translate), its request context (unused here), and
     Starlette's and FastAPI's routing, exception and dependency layers. Measured (README "Service
-    performance: per-request overhead"): event loop -0.4 ms per request, +1.7 % img/s at C=16.
+    performance: the `/translate` fast path"): event loop -0.5 ms per request, +3.4 % img/s at C=16.
     """
 
     def __init__(self, app: Any, access_log: Any = None) -> None:
@@ -605,9 +605,8 @@ class TranslateFastPath:
         request = Request(scope, receive)
         try:
             response = await bentoml.get_current_service().translate(request)
-        except Exception:  # noqa: BLE001 - a bug: what FastAPI's handler (`_unexpected`) would answer
-            log.exception("request %s: unexpected error on /translate", _rid(request))
-            response = _error(500, "internal_error", "internal error")
+        except Exception as exc:  # noqa: BLE001 - a bug: FastAPI's handler for it answers, as on the full stack
+            response = await _unexpected(request, exc)
         await response(scope, receive, send)
 
 
@@ -621,7 +620,7 @@ def install_translate_fast_path(bentoml_app: Any, *, tracing: bool) -> bool:
     if anchor not in names or getattr(bentoml_app, "middleware_stack", True) is not None:
         log.warning("POST /translate takes BentoML's full middleware stack: no %s in %s", anchor, names)
         return False
-    access_log = next((m for m in specs if m.cls.__name__ == "AccessLogMiddleware"), None)
+    access_log = next((m for m, name in zip(specs, names) if name == "AccessLogMiddleware"), None)
     at = names.index(anchor) + 1
     specs.insert(at, Middleware(TranslateFastPath, access_log=access_log))
     skipped = [n for n in names[at:] if n != "AccessLogMiddleware"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from pocketgan.cli import cli
-from service.cli import SERVICE_REF, malloc_tunables, serve_command, serve_env
+from service.cli import SERVICE_REF, huge_page_malloc_warning, malloc_tunables, serve_command, serve_env
 from service.settings import ServiceSettings
 
 
@@ -49,8 +49,6 @@ def test_malloc_tunables_add_huge_pages_and_keep_the_callers() -> None:
 
 
 def test_a_worker_warns_when_huge_pages_are_asked_for_but_thp_is_never(tmp_path: Path) -> None:
-    from service.cli import huge_page_malloc_warning
-
     thp = tmp_path / "enabled"
     thp.write_text("always madvise [never]\n")
     warning = huge_page_malloc_warning("glibc.malloc.hugetlb=1", thp)
